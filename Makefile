@@ -1,0 +1,33 @@
+# ldmcli developer targets. `make install` then `make test` is the whole set-up on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test test-all bench weights eval clean
+
+# CPU torch first (a local wheel where there is one), then ldmcli with the dev extras, then open_clip_torch
+# without its torchvision requirement (which would pull a CUDA torch): we only read its BPE vocabulary.
+install:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "open_clip_torch>=2.20"
+
+test:
+	$(BIN)/python -m pytest
+
+test-all:
+	$(BIN)/python -m pytest -m ""
+
+bench:
+	$(BIN)/python -m benchmarks.bench
+
+weights:
+	$(BIN)/python -m ldmcli.train.recipe --out weights
+
+eval:
+	$(BIN)/ldm eval
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,165 @@
+"""Attention layers of the LDM UNet: SpatialTransformer (cross-attention, τθ conditioning) and ADM AttentionBlock.
+
+Sources: `ldm/modules/attention.py` (LDM/SD1; SD2 adds `use_linear`, `disable_self_attn`) and the ADM
+`AttentionBlock` + `QKVAttentionLegacy` of `openaimodel.py` (MODELS.md §7.2). Attribute names are checkpoint keys.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet_blocks import ContextBlock, GroupNorm32, normalization
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v over (b, heads, tokens, d_head) with PyTorch SDPA.
+
+    Half-precision safety (SD 2.1 overflows q·kᵀ in fp16, MODELS.md §11 item 3; the reference upcasts to fp32):
+    SDPA's fused kernels accumulate q·kᵀ and the softmax in fp32; its math fallback scales q and k by d^−1/4
+    each before the product and, while `torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp` is off (the
+    default), computes in fp32 as well. No unscaled half-precision logits are ever formed.
+    """
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of x (b, n, query_dim) to `context` (b, m, context_dim); self-attention if None."""
+
+    def __init__(self, query_dim: int, context_dim: Optional[int] = None, heads: int = 8, dim_head: int = 64):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(p=0.0))  # `to_out.0` keeps its index
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        context = x if context is None else context.to(x.dtype)
+        b, n, _ = x.shape
+        # (b, tokens, heads·d) -> (b, heads, tokens, d)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        out = attention(q, k, v).transpose(1, 2).reshape(b, n, -1)    # (b, n, heads·d)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU (Shazeer 2020): one Linear to 2·dim_out, split in halves (a, gate), return a · gelu(gate)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """Transformer MLP `net = [GEGLU(dim → 4·dim), Dropout, Linear(4·dim → dim)]` (keys `ff.net.0.proj`, `ff.net.2`)."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        inner = dim * mult
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(p=0.0), nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm block: `x += attn1(norm1(x)); x += attn2(norm2(x), context); x += ff(norm3(x))`.
+
+    `disable_self_attn` (SD2 x4 upscaler, `disable_self_attentions[level]`): attn1 attends to the context too,
+    so its to_k/to_v are [inner, context_dim].
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: Optional[int] = None,
+                 disable_self_attn: bool = False):
+        super().__init__()
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, heads, dim_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), context if self.disable_self_attn else None)
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(ContextBlock):
+    """`x + proj_out(blocks(proj_in(norm(x))))` over the (h·w) tokens of a feature map, conditioned on `context`.
+
+    proj_in/proj_out are 1×1 convs (LDM, SD1) or Linear layers applied after flattening (SD2,
+    `use_linear_in_transformer`). Every block of a depth>1 stack gets the same context (LDM layout2img, depth 3;
+    the SD2 code's per-depth `context[i]` would fail there, MODELS.md §11 item 18). The SD2 code declares its
+    linear proj_out as `Linear(in_channels, inner)`, a swap that is harmless because inner == C in its configs.
+    """
+
+    def __init__(self, in_channels: int, heads: int, dim_head: int, depth: int = 1,
+                 context_dim: Optional[int] = None, disable_self_attn: bool = False, use_linear: bool = False):
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = GroupNorm32(32, in_channels, eps=1e-6)
+        self.proj_in = nn.Linear(in_channels, inner) if use_linear else nn.Conv2d(in_channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, disable_self_attn) for _ in range(depth))
+        self.proj_out = nn.Linear(inner, in_channels) if use_linear else nn.Conv2d(inner, in_channels, 1)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x_in = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = x.flatten(2).transpose(1, 2)                  # (b, c, h, w) -> (b, h·w, c)
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).reshape(b, -1, h, w)        # (b, h·w, c) -> (b, c, h, w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in
+
+
+class AttentionBlock(nn.Module):
+    """ADM self-attention over the h·w positions (no context); `QKVAttentionLegacy` channel layout.
+
+    Heads: `num_head_channels == -1` → `num_heads` heads, else `channels // num_head_channels`.
+    The 3C output channels of the `qkv` Conv1d are grouped per head as `[q_h, k_h, v_h]` (not all-q, all-k,
+    all-v). The reference scales q and k by ch^−1/4 each (= ch^−1/2 on q·kᵀ, SDPA's default) and takes the
+    softmax in fp32.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
+        super().__init__()
+        if num_head_channels == -1:
+            self.num_heads = num_heads
+        else:
+            assert channels % num_head_channels == 0, f"{channels} channels, head width {num_head_channels}"
+            self.num_heads = channels // num_head_channels
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv1d(channels, channels * 3, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)                                          # (b, c, T)
+        qkv = self.qkv(self.norm(x))                                     # (b, 3c, T)
+        qkv = qkv.reshape(b, self.num_heads, 3, c // self.num_heads, -1)  # (b, H, [q|k|v], ch, T)
+        q, k, v = qkv.transpose(-1, -2).unbind(2)                        # each (b, H, T, ch)
+        h = attention(q, k, v).transpose(-1, -2).reshape(b, c, -1)       # (b, H·ch, T)
+        return (x + self.proj_out(h)).reshape(b, c, *spatial)
