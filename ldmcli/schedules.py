@@ -1,0 +1,120 @@
+"""Noise schedules and timestep grids: ᾱ_t of the reference "linear" schedule, the DDIM 'uniform' grid, and
+the σ grids of the k-diffusion-style samplers (MODELS.md §3.3, §9.2).
+
+Two parametrisations of one diffusion process are used:
+  VP (the model's own):  x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε
+  VE (k-diffusion's):    x_σ = x_t/√ᾱ_t = x0 + σ·ε,   σ_t = √((1−ᾱ_t)/ᾱ_t)
+Fractional timesteps t ∈ [0, T−1] are defined by interpolating log σ linearly between integer timesteps, as
+k-diffusion's `DiscreteSchedule.sigma_to_t/t_to_sigma` and diffusers' `_sigma_to_t` do; every conversion in
+ldmcli (σ → t for the model call, t → ᾱ for v → ε) goes through the two functions below, so they agree.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+def linear_betas(linear_start: float, linear_end: float, timesteps: int = 1000) -> Tensor:
+    """`make_beta_schedule("linear")`: β = linspace(√start, √end, T)², float64 (a *squared* linspace)."""
+    return torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+
+
+def alphas_cumprod_from(linear_start: float, linear_end: float, timesteps: int = 1000) -> Tensor:
+    """ᾱ_t = ∏_{s≤t} (1 − β_s) of the "linear" schedule, float64, shape (T,)."""
+    return torch.cumprod(1.0 - linear_betas(linear_start, linear_end, timesteps), dim=0)
+
+
+def _f64(alphas_cumprod) -> Tensor:
+    """ᾱ as a float64 CPU tensor: step coefficients are computed in double precision, off the device."""
+    return torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+
+
+def ddim_timesteps(steps: int, timesteps: int = 1000) -> Tensor:
+    """The reference DDIM 'uniform' grid, ascending: c = T // S, t = arange(0, T, c) + 1 (MODELS.md §9.2).
+
+    S=50 → 1, 21, …, 981; a non-divisor S gives len(arange(0, T, c)) steps (S=30 → 31), as the reference does.
+    Quirk fixed: when c divides T − 1 (S = 3, 9, 27, 36, 37, 100–111, 250–333, > 500 for T = 1000) the grid's last
+    point is t = T and the reference indexes ᾱ[T] (IndexError); we drop that point (S = 3 → 1, 334, 667).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    ts = torch.arange(0, timesteps, max(timesteps // steps, 1)) + 1
+    return ts[ts < timesteps]
+
+
+def trailing_timesteps(steps: int, timesteps: int = 1000) -> Tensor:
+    """diffusers' timestep_spacing="trailing" (Lin et al. 2023, Table 2): round(T − i·T/S) − 1, i = 0…S−1.
+
+    Descending integer timesteps that start at T−1 (σ_max, where k-diffusion starts too) and end near T/S − 1.
+    The arithmetic is numpy's `arange(T, 0, -T/S)` (T + i·δ, δ = (T − T/S) − T; round half to even), so the values
+    equal diffusers'; for a few S (61, 103, 121, …) that arange yields one extra element (t = −1), which we drop.
+    """
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be between 1 and {timesteps}, got {steps}")
+    delta = (timesteps - timesteps / steps) - timesteps
+    return torch.tensor([round(timesteps + i * delta) - 1 for i in range(steps)], dtype=torch.float64)
+
+
+def sigmas_from(alphas_cumprod) -> Tensor:
+    """σ_t = √((1 − ᾱ_t)/ᾱ_t) for every training timestep, float64."""
+    a = _f64(alphas_cumprod)
+    return ((1 - a) / a).sqrt()
+
+
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """np.interp for torch: piecewise-linear through (xp, fp), xp increasing, clamped at both ends."""
+    x = x.clamp(xp[0], xp[-1])
+    hi = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    lo = hi - 1
+    w = (x - xp[lo]) / (xp[hi] - xp[lo])
+    return fp[lo] + w * (fp[hi] - fp[lo])
+
+
+def sigma_to_t(sigma, alphas_cumprod) -> Tensor:
+    """Fractional timestep of σ: t linear in log σ between integer timesteps (k-diffusion `sigma_to_t`)."""
+    log_sigmas = sigmas_from(alphas_cumprod).log()
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return _interp(sigma.log(), log_sigmas, torch.arange(len(log_sigmas), dtype=torch.float64))
+
+
+def t_to_sigma(t, alphas_cumprod) -> Tensor:
+    """σ at a (fractional) timestep: log σ interpolated linearly in t (k-diffusion `t_to_sigma`)."""
+    log_sigmas = sigmas_from(alphas_cumprod).log()
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return _interp(t, torch.arange(len(log_sigmas), dtype=torch.float64), log_sigmas).exp()
+
+
+def t_to_alpha(t, alphas_cumprod) -> Tensor:
+    """ᾱ at a (fractional) timestep, = 1/(1 + σ(t)²), consistent with σ ↔ t elsewhere; exactly ᾱ[t] at integer t."""
+    a = _f64(alphas_cumprod)
+    t = torch.as_tensor(t, dtype=torch.float64).clamp(0, len(a) - 1)
+    integral = t == t.round()
+    return torch.where(integral, a[t.round().long()], 1.0 / (1.0 + t_to_sigma(t, a) ** 2))
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """Karras et al. 2022, eq. 5: σ_i = (σ_max^{1/ρ} + i/(S−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, descending."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def k_sigmas(alphas_cumprod, steps: int, karras: bool = False) -> Tuple[Tensor, Tensor]:
+    """σ grid of the k-diffusion-style samplers: (sigmas, ts) with len(sigmas) = steps + 1 (last σ = 0), float64.
+
+    Default: σ at the "trailing" timesteps (diffusers `timestep_spacing="trailing"`; integer t, so the model sees
+    trained timesteps and no interpolation choice matters). karras=True: Karras σs (ρ=7) between σ(0) and σ(T−1) of
+    the full schedule — k-diffusion's `get_sigmas_karras(n, model.sigma_min, model.sigma_max)` and diffusers'
+    `use_karras_sigmas` — with fractional t = sigma_to_t(σ) (diffusers' DPM-Solver rounds these t; we do not).
+    """
+    all_sigmas = sigmas_from(alphas_cumprod)
+    if karras:
+        sigmas = karras_sigmas(steps, all_sigmas[0].item(), all_sigmas[-1].item())
+        ts = sigma_to_t(sigmas, alphas_cumprod)
+    else:
+        ts = trailing_timesteps(steps, len(all_sigmas))
+        sigmas = all_sigmas[ts.long()]
+    return torch.cat([sigmas, sigmas.new_zeros(1)]), ts
+
