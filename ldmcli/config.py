@@ -144,6 +144,9 @@ class ModelConfig:
     default_guidance: float = 7.5
     default_eta: float = 0.0
     version: str = ""                   # free-form provenance (embedded defaults record their training run)
+    # class / layout label names of the condition (layout2img, semantic2img, class2img); empty: the public
+    # label list shipped in ldmcli/data for the family (OpenImages for layout2img, COCO-Stuff for semantic2img)
+    labels: Tuple[str, ...] = ()
 
     @property
     def image_size(self) -> int:
