@@ -1,0 +1,205 @@
+"""Run a subcommand's jobs in one process: load once, resume, write atomically, report per job.
+
+stdout carries data only (one path per image, or one JSON object with --json); logs and progress go to stderr.
+Exit: 0 all jobs ok, 3 some failed, 2 all failed on bad input, 1 all failed otherwise, 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, LdmError, UsageError
+
+# task name -> (runner(model, job, seeds, settings, callback) -> [PIL], Job fields a job must set)
+TASKS: Dict[str, tuple] = {}
+
+
+def register(name: str, required: tuple = ()):
+    def deco(fn: Callable):
+        TASKS[name] = (fn, required)
+        return fn
+    return deco
+
+
+@register("txt2img", required=("prompt",))
+def _txt2img(model, job, seeds, settings, callback):
+    from ldmcli.tasks.txt2img import txt2img
+    return txt2img(model, job.prompt, negative_prompt=job.negative_prompt, seeds=seeds, height=job.height,
+                   width=job.width, settings=settings, callback=callback)
+
+
+def _load_task_modules() -> None:
+    """Tasks of later subcommands register themselves on import (ldmcli.tasks.registry)."""
+    try:
+        import ldmcli.tasks.registry  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "ldmcli.tasks.registry":
+            raise
+
+
+# ----------------------------------------------------------------------------------------------------
+def build_jobs(task: str, positional: dict, opts: dict):
+    from ldmcli.jobs import Job, read_jobs
+    defaults = {"negative_prompt": positional.get("negative_prompt") or None, "steps": opts.get("steps"),
+                "scale": opts.get("scale"), "sampler": None, "n_samples": opts.get("n_samples"),
+                "height": positional.get("height"), "width": positional.get("width")}
+    if opts.get("from_file"):
+        given = [k for k in ("prompt", "image", "layout", "segmap") if positional.get(k)]
+        if given:
+            raise UsageError(f"pass either --from-file or a {given[0]} argument, not both")
+        return read_jobs(opts["from_file"], defaults)
+    fields = {k: v for k, v in positional.items() if v is not None and k in Job.__dataclass_fields__}
+    job = Job(**{**{k: v for k, v in defaults.items() if v is not None}, **fields})
+    job.extra.update({k: v for k, v in positional.items() if k not in Job.__dataclass_fields__ and v is not None})
+    return [job]
+
+
+def _check_required(task: str, job) -> None:
+    for f in TASKS[task][1]:
+        if getattr(job, f) in (None, ""):
+            raise UsageError(f"{task} needs a {f} (as an argument, or a '{f}' field in each --from-file job)")
+
+
+def _settings(opts: dict, job):
+    from ldmcli.tasks.common import SamplerSettings
+    return SamplerSettings(sampler=job.sampler or opts.get("sampler") or "ddim", steps=job.steps,
+                           guidance_scale=job.scale, eta=opts.get("eta"), karras=bool(opts.get("karras")),
+                           noise_device=opts.get("noise_device"))
+
+
+def _target(out: str, n_images: int):
+    """(mode, path): 'stdout' for -o -, 'file' for a single .png name, else 'dir'."""
+    if out == "-":
+        if n_images != 1:
+            raise UsageError(f"-o - writes one PNG to stdout, but this run makes {n_images} images")
+        return "stdout", None
+    p = Path(out)
+    if p.suffix.lower() == ".png":
+        if n_images != 1:
+            raise UsageError(f"-o {out} names one file, but this run makes {n_images} images; pass a directory")
+        return "file", p
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"output {out} exists and is not a directory")
+    return "dir", p
+
+
+# ----------------------------------------------------------------------------------------------------
+def run_task(task: str, positional: dict, opts: dict) -> int:
+    from ldmcli.console import Console
+    from ldmcli.jobs import seed_for, shard
+    _load_task_modules()
+    console = Console(quiet=bool(opts.get("quiet")))
+    jobs = build_jobs(task, positional, opts)
+    for job in jobs if not opts.get("from_file") else []:
+        _check_required(task, job)
+    mode, target = _target(opts.get("out") or "outputs", sum(j.n_samples for j in jobs))
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = shard(jobs, rank, world)
+    todo = [(i, j) for i, j in mine if opts.get("overwrite") or mode == "stdout"
+            or not all(_path(mode, target, i, j, k, seed_for(j, i, opts["seed"])).exists()
+                       for k in range(j.n_samples))]
+    for i, j in mine:
+        if (i, j) not in todo:
+            _emit_existing(opts, mode, target, i, j, seed_for(j, i, opts["seed"]))
+    if not todo:
+        console.log(f"all {len(mine)} job(s) already done (use --overwrite to redo)")
+        return 0
+    model = _load_model(task, opts, console, rank)
+    failures = []
+    with console.progress(len(todo), f"{task}") as advance_jobs:
+        for i, job in todo:
+            try:
+                _check_required(task, job)
+                _run_job(task, model, i, job, opts, mode, target, console)
+            except LdmError as e:
+                console.error(f"job {i + 1}: {e}")
+                failures.append(e)
+            advance_jobs()
+    return _exit_code(failures, len(todo))
+
+
+def _exit_code(failures: list, n: int) -> int:
+    if not failures:
+        return 0
+    if len(failures) < n:
+        return EXIT_PARTIAL
+    return EXIT_USAGE if all(getattr(e, "exit_code", 1) == EXIT_USAGE for e in failures) else EXIT_RUNTIME
+
+
+def _load_model(task, opts, console, rank):
+    from ldmcli.run import load
+    t0 = time.perf_counter()
+    device = opts.get("device") or "auto"
+    local = os.environ.get("LOCAL_RANK")
+    if device == "auto" and local is not None:
+        import torch
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    model, info = load(opts.get("ckpt"), task=task, config=opts.get("config"), device=device,
+                       dtype=opts.get("dtype") or "auto", use_ema=not opts.get("no_ema"),
+                       prediction=opts.get("prediction"), vocab=opts.get("vocab"))
+    console.log(f"loaded {info.family} from {Path(info.path).name} in {time.perf_counter() - t0:.2f}s "
+                f"({'EMA' if info.ema else 'plain'} weights, {model.device}, {str(model.dtype)[6:]})")
+    if info.unexpected:
+        console.warn(f"{len(info.unexpected)} unexpected tensors ignored (e.g. {info.unexpected[0]})")
+    return model
+
+
+def _path(mode, target, index, job, k, seed) -> Path:
+    from ldmcli.outputs import output_name
+    if mode == "file":
+        return target
+    if mode == "stdout":
+        return Path("-")
+    return target / output_name(index, job.name, seed, k)
+
+
+def _emit_existing(opts, mode, target, index, job, seed) -> None:
+    for k in range(job.n_samples):
+        p = _path(mode, target, index, job, k, seed)
+        _emit(opts, {"path": str(p), "seed": seed + k, "job": index, "skipped": True})
+
+
+def _emit(opts, record: dict) -> None:
+    line = json.dumps(record) if opts.get("json") else record["path"]
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _run_job(task, model, index, job, opts, mode, target, console) -> None:
+    from ldmcli.jobs import seed_for
+    from ldmcli.outputs import write_png_atomic, write_png_stdout
+    from ldmcli.metadata import job_record
+    runner = TASKS[task][0]
+    seed = seed_for(job, index, opts["seed"])
+    settings = _settings(opts, job).resolved(model.cfg)
+    batch = max(1, int(opts.get("batch_size") or 1))
+    for start in range(0, job.n_samples, batch):
+        ks = list(range(start, min(job.n_samples, start + batch)))
+        seeds = [seed + k for k in ks]
+        t0 = time.perf_counter()
+        with console.progress(settings.steps, f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}") as adv:
+            images = runner(model, job, seeds, settings, lambda *a: adv())
+        dt = (time.perf_counter() - t0) / len(ks)
+        for k, img in zip(ks, images):
+            record = job_record(task, model, job, settings, seed + k, img.size, index)
+            if mode == "stdout":
+                write_png_stdout(img, record)
+                continue
+            path = write_png_atomic(img, _path(mode, target, index, job, k, seed), record)
+            _emit(opts, {"path": str(path), "seed": seed + k, "job": index, "seconds": round(dt, 3)})
+
+
+def weights_list(as_json: bool) -> int:
+    from ldmcli.weights import list_entries
+    rows = list_entries()
+    for r in rows:
+        if as_json:
+            sys.stdout.write(json.dumps(r) + "\n")
+        else:
+            mark = "present" if r["present"] else "absent"
+            sys.stdout.write(f"{r['name']:<34} {r.get('family', ''):<28} {r.get('task', ''):<12} {mark}\n")
+    return 0

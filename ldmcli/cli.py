@@ -1,0 +1,107 @@
+"""`ldm` — thin Typer front end. Parsing only: every subcommand hands a list of jobs to `ldmcli.batch`.
+
+Heavy imports (torch) happen inside the commands, so `ldm --help` stays fast.
+Exit codes: 0 ok, 1 runtime failure, 2 bad input/usage, 3 some jobs of a batch failed, 130 interrupted.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ldmcli.errors import EXIT_USAGE
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Latent Diffusion from the command line: txt2img, inpaint, superres, layout2img, "
+                       "semantic2img.\n\nExit codes: 0 ok, 1 runtime failure, 2 bad input, 3 partial batch "
+                       "failure, 130 interrupted.")
+weights_app = typer.Typer(no_args_is_help=True, help="List and verify known and embedded checkpoints.")
+app.add_typer(weights_app, name="weights")
+
+_STATE = {"debug": False}
+
+# -- options shared by every generating subcommand (same names everywhere) -------------------------------
+Ckpt = Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint path (.ckpt/.safetensors) or registry "
+                                             "name; default: the embedded model for this task.")]
+Config = Annotated[Optional[str], typer.Option("--config", help="Preset name or original YAML config "
+                                               "(overrides auto-detection).")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (default: the family's).")]
+Sampler = Annotated[str, typer.Option("--sampler", help="ddim, plms, ddpm, dpmpp_2m, euler, euler_a.")]
+Scale = Annotated[Optional[float], typer.Option("--scale", help="Classifier-free guidance scale.")]
+Eta = Annotated[Optional[float], typer.Option("--eta", help="DDIM eta (0 = deterministic).")]
+Karras = Annotated[bool, typer.Option("--karras", help="Karras sigmas (dpmpp_2m, euler, euler_a).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the first image; image k uses seed+k.")]
+NSamples = Annotated[int, typer.Option("--n-samples", "-n", min=1, help="Images per job.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), float32, float16, "
+                                    "bfloat16.")]
+Out = Annotated[str, typer.Option("--out", "-o", help="Output directory, a .png file name, or - for stdout.")]
+NoEma = Annotated[bool, typer.Option("--no-ema", help="Use the non-EMA weights of a checkpoint that has both.")]
+Prediction = Annotated[Optional[str], typer.Option("--prediction", help="Override eps|v (SD2 768-v vs 512).")]
+FromFile = Annotated[Optional[str], typer.Option("--from-file", help="Jobs: text (a prompt per line) or JSONL; "
+                                                 "- reads stdin.")]
+Json = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout instead of paths.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Regenerate outputs that already exist.")]
+NoiseDevice = Annotated[Optional[str], typer.Option("--noise-device", help="Draw initial noise on this device "
+                                                    "(cpu: identical across devices).")]
+Vocab = Annotated[Optional[str], typer.Option("--vocab", help="Tokenizer vocabulary file (BERT vocab.txt for LDM "
+                                              "text models; CLIP bpe_simple_vocab_16e6.txt.gz).")]
+Height = Annotated[Optional[int], typer.Option("--height", "-H", help="Image height in pixels.")]
+Width = Annotated[Optional[int], typer.Option("--width", "-W", help="Image width in pixels.")]
+NegPrompt = Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG uncond).")]
+
+
+def _common(**kw) -> dict:
+    return kw
+
+
+def _run(task: str, positional: dict, opts: dict) -> None:
+    from ldmcli.batch import run_task
+    from ldmcli.run import guarded
+    code = guarded(lambda: run_task(task, positional, opts), debug=_STATE["debug"])
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+          version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False):
+    _STATE["debug"] = debug
+    if version:
+        from ldmcli import __version__
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def txt2img(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
+            ckpt: Ckpt = None, config: Config = None, negative_prompt: NegPrompt = "", steps: Steps = None,
+            sampler: Sampler = "ddim", scale: Scale = None, eta: Eta = None, karras: Karras = False,
+            seed: Seed = 0, n_samples: NSamples = 1, batch_size: BatchSize = 4, height: Height = None,
+            width: Width = None, device: Device = "auto", dtype: Dtype = "auto", out: Out = "outputs",
+            no_ema: NoEma = False, prediction: Prediction = None, from_file: FromFile = None, json: Json = False,
+            quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
+            vocab: Vocab = None):
+    """Generate images from a text prompt."""
+    _run("txt2img", {"prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width},
+         locals())
+
+
+@weights_app.command("list")
+def weights_list(json: Json = False):
+    """Show the embedded defaults and known public checkpoints, and which are present."""
+    from ldmcli.batch import weights_list as run
+    from ldmcli.run import guarded
+    raise typer.Exit(guarded(lambda: run(json), debug=_STATE["debug"]))
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+        sys.exit(code)

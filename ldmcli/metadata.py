@@ -1,0 +1,43 @@
+"""The generation record stored in every PNG (A1111 `parameters` + full `ldmcli` JSON) and the model hash."""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+_SAMPLER_NAMES = {"ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "dpmpp_2m": "DPM++ 2M", "euler": "Euler",
+                  "euler_a": "Euler a"}
+
+
+@lru_cache(maxsize=8)
+def model_hash(path: str) -> str:
+    """AUTOMATIC1111's legacy short model hash: SHA-256 of the 64 KiB at offset 1 MiB, first 8 hex digits.
+    Cheap on multi-GB files, and what A1111-compatible readers expect in `Model hash:`."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x100000)
+            return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    except OSError:
+        return ""
+
+
+def job_record(task, model, job, settings, seed, size, index) -> dict:
+    """Everything needed to regenerate the image with `ldm replay`."""
+    ckpt = getattr(model, "checkpoint_path", "")
+    record = {
+        "task": task, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+        "steps": settings.steps, "sampler": settings.sampler,
+        "sampler_name": _SAMPLER_NAMES.get(settings.sampler, settings.sampler),
+        "scale": settings.guidance_scale, "eta": settings.eta, "karras": settings.karras,
+        "noise_device": settings.noise_device, "seed": seed, "width": size[0], "height": size[1],
+        "model": model.cfg.name, "model_hash": model_hash(ckpt) if ckpt else "",
+        "ckpt": Path(ckpt).name if ckpt else "", "job": index,
+        "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
+        "extra": job.extra, "ldmcli_version": _version(),
+    }
+    return record
+
+
+def _version() -> str:
+    from ldmcli import __version__
+    return __version__

@@ -1,0 +1,57 @@
+"""The weights registry: embedded defaults shipped in `weights/` and known public checkpoints (by name)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List
+
+from ldmcli.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = Path(os.environ.get("LDM_WEIGHTS_DIR", ROOT / "weights"))
+REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
+TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
+
+
+def registry() -> Dict[str, dict]:
+    try:
+        return json.loads(REGISTRY_FILE.read_text())["models"]
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"weights registry {REGISTRY_FILE} is malformed: {e}") from None
+
+
+def default_path(task: str) -> Path:
+    entries = [(n, e) for n, e in registry().items() if e.get("default_for") == task and e.get("file")]
+    for name, e in entries:
+        p = WEIGHTS_DIR / e["file"]
+        if p.exists():
+            return p
+    raise UsageError(f"no embedded default model for {task} in {WEIGHTS_DIR}; pass --ckpt PATH to a checkpoint "
+                     f"(.ckpt or .safetensors), e.g. --ckpt v1-5-pruned-emaonly.safetensors")
+
+
+def registry_path(name: str) -> Path:
+    reg = registry()
+    if name not in reg:
+        from ldmcli.detect import suggest
+        raise UsageError(f"checkpoint not found: {name} is neither a file nor a registry name"
+                         f"{suggest(name, reg)}")
+    e = reg[name]
+    if e.get("file") and (WEIGHTS_DIR / e["file"]).exists():
+        return WEIGHTS_DIR / e["file"]
+    local = Path(e.get("local_name", "")).expanduser()
+    if e.get("local_name") and local.exists():
+        return local
+    raise UsageError(f"{name} is a known checkpoint but not present here; download it from {e.get('source', '?')} "
+                     f"and pass --ckpt PATH")
+
+
+def list_entries() -> List[dict]:
+    out = []
+    for name, e in registry().items():
+        p = WEIGHTS_DIR / e["file"] if e.get("file") else None
+        out.append({"name": name, **e, "present": bool(p and p.exists())})
+    return out
