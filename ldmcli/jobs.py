@@ -1,0 +1,224 @@
+"""Batch job files: one prompt per line, or one JSON object per line (JSONL), from a file or stdin (`-`).
+
+- Plain text: each line is a prompt (surrounding whitespace stripped); blank lines and lines starting with '#'
+  are skipped.
+- JSONL: chosen when the first line that is neither blank nor a '#' comment starts with '{'. Each such line is
+  an object whose keys are `Job` fields; a null value means "not set". Blank and '#' lines are skipped here too.
+- A value a line does not set comes from `defaults` (the command-line options), then from `Job`'s defaults.
+- Relative paths in a job (image, mask, layout, segmap; '~' expanded) are resolved against the job file's
+  directory; for stdin they are left relative to the working directory.
+- Seeds (`seed_for`): a job's explicit seed wins; otherwise job i gets (base_seed + i) mod 2**64, so a batch is
+  reproducible from one --seed and gives the same images however it is sharded (`shard`).
+Every problem is one InputError line, `FILE:LINE: what is wrong`.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from ldmcli.errors import InputError, UsageError
+from ldmcli.images import one_line
+
+MAX_JOB_FILE_BYTES = 256 * 2**20  # `yes | ldm ... --jobs -` must end in an error, not fill memory
+SEED_LIMIT = 2**64                # torch.manual_seed accepts [0, 2**64)
+
+
+@dataclass
+class Job:
+    """One line of a batch: what to generate. None = the task's own default."""
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: Optional[int] = None
+    steps: Optional[int] = None
+    scale: Optional[float] = None
+    sampler: Optional[str] = None
+    image: Optional[str] = None     # paths, resolved against the job file's directory
+    mask: Optional[str] = None
+    layout: Optional[str] = None
+    segmap: Optional[str] = None
+    name: Optional[str] = None      # output file stem (see outputs.output_name)
+    n_samples: int = 1
+    height: Optional[int] = None
+    width: Optional[int] = None
+    extra: dict = field(default_factory=dict)  # task-specific options, e.g. {"strength": 0.7}
+
+
+def _text(value):
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (a lone surrogate escape)") from None
+    return value
+
+
+def _path(value):
+    if not _text(value):
+        raise ValueError("is an empty path")
+    return value
+
+
+def _integer(value, low: int, high: Optional[int] = None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("an integer")
+    if value < low:
+        raise ValueError(f"must be >= {low}, got {value}")
+    if high is not None and value >= high:
+        raise ValueError(f"must be < {high}, got {value}")
+    return value
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("a number")
+    if not math.isfinite(value):
+        raise ValueError(f"must be finite, got {value}")
+    return float(value)
+
+
+def _object(value):
+    if not isinstance(value, dict):
+        raise TypeError("an object {...}")
+    return value
+
+
+def _count(value):
+    return _integer(value, 1)
+
+
+def _seed(value):
+    return _integer(value, 0, SEED_LIMIT)
+
+
+# The check and conversion of each Job field's JSON value: TypeError says what was expected, ValueError why not.
+_CHECKS = {"prompt": _text, "negative_prompt": _text, "seed": _seed, "steps": _count, "scale": _number,
+           "sampler": _text, "image": _path, "mask": _path, "layout": _path, "segmap": _path, "name": _text,
+           "n_samples": _count, "height": _count, "width": _count, "extra": _object}
+_PATH_FIELDS = ("image", "mask", "layout", "segmap")
+
+
+def _json_type(value) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _read_source(source: Union[str, Path]) -> tuple[str, Optional[Path], bytes]:
+    """(name for messages, directory for relative paths or None, content) of a job file or of stdin."""
+    if str(source) == "-":
+        if sys.stdin is None:
+            raise InputError("<stdin>: no standard input to read jobs from")
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        data = stream.read(MAX_JOB_FILE_BYTES + 1)
+        name, base_dir = "<stdin>", None
+        data = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    else:
+        path = Path(source)
+        name, base_dir = str(path), path.absolute().parent
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_JOB_FILE_BYTES + 1)
+        except OSError as e:
+            raise InputError(f"job file {path}: {e.strerror or one_line(e)}") from None
+    if len(data) > MAX_JOB_FILE_BYTES:
+        raise InputError(f"{name}: job file larger than {MAX_JOB_FILE_BYTES >> 20} MiB")
+    return name, base_dir, data
+
+
+def _lines(name: str, data: bytes) -> list[tuple[int, str]]:
+    """(line number, stripped line) of every line that is neither blank nor a '#' comment."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"{name}:{lineno}: not UTF-8 text") from None
+    if "\x00" in text:
+        lineno = text.count("\n", 0, text.index("\x00")) + 1
+        raise InputError(f"{name}:{lineno}: NUL byte; this looks like a binary file, not a list of jobs")
+    numbered = ((n, line.strip()) for n, line in enumerate(text.split("\n"), 1))
+    return [(n, line) for n, line in numbered if line and not line.startswith("#")]
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, _CHECKS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(_CHECKS)})"
+
+
+def _resolve(path: str, base_dir: Optional[Path]) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() or base_dir is None else base_dir / p)
+
+
+def _json_job(where: str, line: str, base: dict, base_dir: Optional[Path]) -> Job:
+    """One JSONL line as a Job, on top of `base` (the defaults)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: invalid JSON at column {e.colno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an over-long integer, nesting too deep
+        raise InputError(f"{where}: invalid JSON ({one_line(e)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object {{...}}, got {_json_type(obj)}")
+    values = _fresh(base)
+    for key, value in obj.items():
+        if key not in _CHECKS:
+            raise InputError(f"{where}: unknown key {key[:40]!r}{_did_you_mean(key)}")
+        if value is None:
+            continue
+        try:
+            checked = _CHECKS[key](value)
+        except TypeError as e:
+            raise InputError(f"{where}: {key!r} should be {e}, got {_json_type(value)}") from None
+        except ValueError as e:
+            raise InputError(f"{where}: {key!r} {e}") from None
+        if key == "extra":
+            values["extra"].update(checked)  # on top of the default extras
+        else:
+            values[key] = _resolve(checked, base_dir) if key in _PATH_FIELDS else checked
+    return Job(**values)
+
+
+def _fresh(base: dict) -> dict:
+    """Job field values starting from `base`, with an `extra` dict of the job's own."""
+    return {**base, "extra": dict(base.get("extra", {}))}
+
+
+def read_jobs(source: Union[str, Path], defaults: Optional[dict] = None) -> list[Job]:
+    """The jobs of a job file, or of stdin when `source` is "-" (format: the module docstring).
+
+    defaults: Job field values for what a line leaves out (None values are ignored, so unset CLI options can be
+    passed as they are). An empty file (or one with only comments) is an InputError too.
+    """
+    base = {k: v for k, v in (defaults or {}).items() if v is not None}
+    unknown = sorted(set(base) - set(_CHECKS))
+    if unknown:
+        raise UsageError(f"unknown job field(s) in defaults: {', '.join(unknown)}")
+    name, base_dir, data = _read_source(source)
+    lines = _lines(name, data)
+    if not lines:
+        raise InputError(f"{name}: no jobs (the file is empty or holds only comments)")
+    if lines[0][1].startswith("{"):
+        return [_json_job(f"{name}:{n}", line, base, base_dir) for n, line in lines]
+    return [Job(**{**_fresh(base), "prompt": line}) for _, line in lines]
+
+
+def shard(jobs: list[Job], rank: int, world: int) -> list[tuple[int, Job]]:
+    """This process's share of a batch as (global index, job): job i goes to rank i % world (round-robin), so
+    file names and derived seeds are those of a single-process run and the shards' union is the whole batch."""
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"bad shard {rank} of {world}: need world >= 1 and 0 <= rank < world")
+    return [(i, job) for i, job in enumerate(jobs) if i % world == rank]
+
+
+def seed_for(job: Job, index: int, base_seed: int) -> int:
+    """The seed of job `index` (its global index): the job's own seed if it sets one, else
+    (base_seed + index) mod 2**64."""
+    return job.seed if job.seed is not None else (base_seed + index) % SEED_LIMIT

@@ -1,0 +1,181 @@
+"""Writing results: atomic PNGs that carry their generation record, deterministic file names, PNG on stdout.
+
+Every PNG gets two text chunks: `parameters`, the AUTOMATIC1111 "infotext" that image browsers and web UIs read
+(prompt line, `Negative prompt:` line when there is one, then `Steps: 50, Sampler: DDIM, CFG scale: 7.5, ...`),
+and `ldmcli`, the full job record as JSON, which `read_metadata` returns and a re-run can start from.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import BinaryIO, Optional, Union
+
+from PIL import Image, PngImagePlugin
+
+from ldmcli.errors import InputError, LdmError, UsageError
+from ldmcli.images import one_line, read_image
+
+PathLike = Union[str, Path]
+
+# A1111's labels in A1111's order, with the job-record keys they are read from ("size" is width x height).
+_A1111_FIELDS = (("Steps", "steps"), ("Sampler", "sampler"), ("CFG scale", "scale"), ("Seed", "seed"),
+                 ("Size", "size"), ("Model hash", "model_hash"), ("Model", "model"))
+# Sampler names as A1111 spells them; a name not listed here is written as it is.
+_A1111_SAMPLERS = {"ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "euler": "Euler", "euler_a": "Euler a",
+                   "euler_ancestral": "Euler a", "heun": "Heun", "lms": "LMS", "dpm2": "DPM2",
+                   "dpmpp_2m": "DPM++ 2M", "dpm++2m": "DPM++ 2M"}
+# One `Label: value` pair of the settings line; a value is a JSON string or runs to the next comma (as A1111).
+_A1111_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_UNSAFE_NAME = re.compile(r"[^\w.\-]+")  # keeps letters and digits (any script), '_', '.', '-'
+
+
+def _a1111_quote(value) -> str:
+    """A1111's quoting: a value holding a comma, colon or newline is written as a JSON string."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def a1111_parameters(record: dict) -> str:
+    """The A1111 `parameters` text of a job record (keys prompt, negative_prompt, steps, sampler, scale, seed,
+    width, height, model_hash, model; missing, None or "" ones are left out, as A1111 leaves them out)."""
+    values = dict(record)
+    if record.get("width") and record.get("height"):
+        values["size"] = f"{record['width']}x{record['height']}"
+    if values.get("sampler") is not None:
+        values["sampler"] = _A1111_SAMPLERS.get(str(values["sampler"]).lower(), values["sampler"])
+    settings = ", ".join(f"{label}: {_a1111_quote(values[key])}"
+                         for label, key in _A1111_FIELDS if values.get(key) not in (None, ""))
+    lines = [str(record.get("prompt") or "")]
+    if record.get("negative_prompt"):
+        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    return "\n".join(lines + [settings])
+
+
+def parse_a1111(text: str) -> dict:
+    """The inverse of `a1111_parameters`: {"prompt", "negative_prompt", and each settings label: str value}."""
+    *head, last = text.split("\n")
+    pairs = _A1111_PAIR.findall(last)
+    if len(pairs) < 3:  # A1111's own test for "the last line is the settings line"
+        head, pairs = head + [last], []
+    prompt, negative = [], None  # every line after the first "Negative prompt:" belongs to it, as in A1111
+    for line in head:
+        if negative is None and line.startswith("Negative prompt:"):
+            negative = [line[len("Negative prompt:"):]]
+        elif negative is not None:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    negative = negative or []
+    out = {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip()}
+    for label, value in pairs:
+        with contextlib.suppress(ValueError):
+            value = json.loads(value) if value.startswith('"') else value
+        out[label.strip()] = value.strip() if isinstance(value, str) else value
+    return out
+
+
+def _png_info(metadata: Optional[dict]) -> Optional[PngImagePlugin.PngInfo]:
+    if not metadata:
+        return None
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters(metadata))  # Pillow writes iTXt when not Latin-1
+    info.add_text("ldmcli", json.dumps(metadata, sort_keys=True, default=str))  # ASCII: a plain tEXt chunk
+    return info
+
+
+def _write_error(path: Path, err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on device writing {path}"
+    if isinstance(err, OSError) and err.errno == getattr(errno, "EDQUOT", None):
+        return f"disk quota exceeded writing {path}"
+    if isinstance(err, OSError) and err.strerror:
+        return f"cannot write {path}: {err.strerror}"
+    return f"cannot write {path}: {one_line(err)}"
+
+
+def write_png_atomic(img: Image.Image, path: PathLike, metadata: Optional[dict] = None) -> Path:
+    """Write `img` as a PNG at `path`, all or nothing, creating missing parent directories.
+
+    The PNG goes to `.<name>.tmp-<pid>` beside `path`, is fsynced, then renamed over `path` (os.replace is atomic
+    on POSIX and Windows), so a reader never sees half a file and an existing file survives any failure. On any
+    error the temp file is removed; errors become one-line LdmErrors ("no space left on device writing X"), while
+    KeyboardInterrupt (and other BaseExceptions) are re-raised as they are so the CLI still exits 130.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            img.save(f, format="PNG", pnginfo=_png_info(metadata))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, Exception):
+            raise LdmError(_write_error(path, e)) from e
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; best effort, since not every platform lets a directory be fsynced."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_png_stdout(img: Image.Image, metadata: Optional[dict] = None, stream: Optional[BinaryIO] = None) -> None:
+    """Write `img` as one PNG to stdout (`-o -`), refusing a terminal. `stream` replaces stdout in tests."""
+    stream = stream if stream is not None else sys.stdout.buffer
+    if stream.isatty():
+        raise UsageError("refusing to write PNG data to a terminal: redirect stdout or pass -o FILE")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=_png_info(metadata))
+    try:
+        stream.write(buf.getvalue())
+        stream.flush()
+    except BrokenPipeError:
+        raise LdmError("stdout was closed before the PNG was written (broken pipe)") from None
+
+
+def read_metadata(path: PathLike) -> dict:
+    """The generation record of a PNG: {"parameters": parsed A1111 text, "ldmcli": job record}, for the chunks
+    present; an InputError when it has neither."""
+    info = read_image(path, "image").info
+    out = {}
+    if isinstance(info.get("parameters"), str):
+        out["parameters"] = parse_a1111(info["parameters"])
+    if isinstance(info.get("ldmcli"), str):
+        try:
+            out["ldmcli"] = json.loads(info["ldmcli"])
+        except ValueError as e:
+            raise InputError(f"{path}: the ldmcli metadata is not valid JSON ({one_line(e)})") from None
+    if not out:
+        raise InputError(f"{path}: no generation metadata (neither an 'ldmcli' nor a 'parameters' text chunk)")
+    return out
+
+
+def safe_name(name: str, max_bytes: int = 100) -> str:
+    """`name` as one harmless file-name component: runs of anything but letters, digits, '_', '.', '-' (path
+    separators, spaces, shell characters) become '_'; no leading dot or dash; at most `max_bytes` UTF-8 bytes."""
+    name = _UNSAFE_NAME.sub("_", name).strip("._-")
+    return name.encode("utf-8")[:max_bytes].decode("utf-8", "ignore").rstrip("._-")
+
+
+def output_name(job_index: int, name: Optional[str], seed: int, sample_index: int, ext: str = "png") -> str:
+    """The file name of one sample, the same in every run and shard: `00042-s1234-0.png` (job index, seed,
+    sample), or `<name>-s1234-0.png` when the job has a name (sanitised by `safe_name`)."""
+    stem = safe_name(name) if name else ""
+    return f"{stem or f'{job_index:05d}'}-s{seed}-{sample_index}.{ext}"
