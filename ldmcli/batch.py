@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, LdmError, UsageError
 
@@ -141,6 +141,7 @@ def _load_model(task, opts, console, rank):
     model, info = load(opts.get("ckpt"), task=task, config=opts.get("config"), device=device,
                        dtype=opts.get("dtype") or "auto", use_ema=not opts.get("no_ema"),
                        prediction=opts.get("prediction"), vocab=opts.get("vocab"))
+    model.load_info = info
     console.log(f"loaded {info.family} from {Path(info.path).name} in {time.perf_counter() - t0:.2f}s "
                 f"({'EMA' if info.ema else 'plain'} weights, {model.device}, {str(model.dtype)[6:]})")
     if info.unexpected:
@@ -203,3 +204,71 @@ def weights_list(as_json: bool) -> int:
             mark = "present" if r["present"] else "absent"
             sys.stdout.write(f"{r['name']:<34} {r.get('family', ''):<28} {r.get('task', ''):<12} {mark}\n")
     return 0
+
+
+def weights_verify(name: Optional[str]) -> int:
+    """SHA-256 of each present registry file against its recorded hash; exit 2 on any mismatch."""
+    import hashlib
+    from ldmcli.weights import WEIGHTS_DIR, list_entries
+    rows = [r for r in list_entries() if r["present"] and (name is None or r["name"] == name)]
+    if name and not rows:
+        raise UsageError(f"{name} is not a present registry entry (see ldm weights list)")
+    bad = 0
+    for r in rows:
+        h = hashlib.sha256()
+        with open(WEIGHTS_DIR / r["file"], "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        want = r.get("sha256")
+        status = "no hash recorded" if not want else ("ok" if h.hexdigest() == want else "MISMATCH")
+        bad += status == "MISMATCH"
+        sys.stdout.write(f"{r['name']}\t{status}\t{h.hexdigest()}\n")
+    return EXIT_USAGE if bad else 0
+
+
+def print_labels(task: str, opts: dict) -> int:
+    """`--list-labels`: the label names of the model's condition, one per line (index<TAB>name)."""
+    _load_task_modules()
+    model = _load_model(task, dict(opts, quiet=True), _quiet_console(), 0)
+    module = {"layout2img": "ldmcli.tasks.layout2img", "semantic2img": "ldmcli.tasks.semantic2img"}[task]
+    import importlib
+    for i, label in enumerate(importlib.import_module(module).list_labels(model)):
+        sys.stdout.write(f"{i}\t{label}\n")
+    return 0
+
+
+def _quiet_console():
+    from ldmcli.console import Console
+    return Console(quiet=True)
+
+
+def show_info(image: str, as_json: bool) -> int:
+    from ldmcli.outputs import read_metadata
+    meta = read_metadata(image)
+    if as_json:
+        sys.stdout.write(json.dumps(meta) + "\n")
+        return 0
+    record = meta.get("ldmcli") or meta.get("parameters", {})
+    for k, v in record.items():
+        if v not in (None, "", {}):
+            sys.stdout.write(f"{k}: {v}\n")
+    return 0
+
+
+def replay_opts(image: str, given: dict) -> dict:
+    """The task, positional fields and options that regenerate `image` from its ldmcli record."""
+    from ldmcli.outputs import read_metadata
+    rec = read_metadata(image).get("ldmcli")
+    if not rec:
+        raise UsageError(f"{image} has no ldmcli record (only ldm-written PNGs can be replayed)")
+    task = rec["task"]
+    positional = {k: rec.get(k) for k in ("prompt", "negative_prompt", "image", "mask", "layout", "segmap")}
+    positional.update({"height": rec.get("height"), "width": rec.get("width")} if task == "txt2img" else {})
+    positional.update(rec.get("extra") or {})
+    opts = {"ckpt": given.get("ckpt") or rec.get("ckpt_path"), "config": None, "steps": rec["steps"],
+            "sampler": rec["sampler"], "scale": rec["scale"], "eta": rec["eta"], "karras": rec.get("karras"),
+            "seed": rec["seed"], "n_samples": 1, "batch_size": 1, "device": given.get("device"),
+            "dtype": given.get("dtype"), "out": given.get("out"), "quiet": given.get("quiet"),
+            "json": given.get("json"), "overwrite": True, "noise_device": rec.get("noise_device"),
+            "from_file": None, "no_ema": not rec.get("ema", True), "prediction": rec.get("prediction")}
+    return {"task": task, "positional": positional, "opts": opts}

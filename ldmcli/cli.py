@@ -91,12 +91,127 @@ def txt2img(prompt: Annotated[Optional[str], typer.Argument(help="What to draw."
          locals())
 
 
+@app.command()
+def inpaint(image: Annotated[Optional[str], typer.Argument(help="Image to edit (any size; PNG/JPEG/...).")] = None,
+            prompt: Annotated[Optional[str], typer.Argument(help="What to paint into the hole (text models).")] = None,
+            mask: Annotated[Optional[str], typer.Option("--mask", help="Mask PNG: white = repaint.")] = None,
+            mask_blur: Annotated[float, typer.Option("--mask-blur", min=0, help="Feather radius (pixels).")] = 0,
+            invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint the black part.")] = False,
+            ckpt: Ckpt = None, config: Config = None, negative_prompt: NegPrompt = "", steps: Steps = None,
+            sampler: Sampler = "ddim", scale: Scale = None, eta: Eta = None, karras: Karras = False,
+            seed: Seed = 0, n_samples: NSamples = 1, batch_size: BatchSize = 4, device: Device = "auto",
+            dtype: Dtype = "auto", out: Out = "outputs", no_ema: NoEma = False, prediction: Prediction = None,
+            from_file: FromFile = None, json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False,
+            noise_device: NoiseDevice = None, vocab: Vocab = None):
+    """Repaint the masked part of an image; pixels outside the mask stay unchanged."""
+    _run("inpaint", {"image": image, "mask": mask, "prompt": prompt or "", "negative_prompt": negative_prompt,
+                     "mask_blur": mask_blur or None, "invert_mask": invert_mask or None}, locals())
+
+
+@app.command()
+def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution image.")] = None,
+             prompt: Annotated[Optional[str], typer.Argument(help="Text guidance (SD x4 upscaler).")] = None,
+             upscale: Annotated[int, typer.Option("--scale", help="Upscaling factor; must be the model's (4).")] = 4,
+             guidance: Annotated[Optional[float], typer.Option("--guidance", help="CFG scale (text models).")] = None,
+             noise_level: Annotated[Optional[int], typer.Option("--noise-level", help="x4 upscaler noise "
+                                                                "augmentation level (default 20).")] = None,
+             tile_size: Annotated[Optional[int], typer.Option("--tile-size", help="Latent tile size.")] = None,
+             tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Latent tile "
+                                                                 "overlap.")] = None,
+             ckpt: Ckpt = None, config: Config = None, negative_prompt: NegPrompt = "", steps: Steps = None,
+             sampler: Sampler = "ddim", eta: Eta = None, karras: Karras = False, seed: Seed = 0,
+             n_samples: NSamples = 1, batch_size: BatchSize = 1, device: Device = "auto", dtype: Dtype = "auto",
+             out: Out = "outputs", no_ema: NoEma = False, prediction: Prediction = None, from_file: FromFile = None,
+             json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
+             vocab: Vocab = None):
+    """Upscale an image 4x (overlapping latent tiles for large inputs). --guidance sets CFG here, since --scale is
+    the upscaling factor."""
+    opts = dict(locals(), scale=guidance)
+    _run("superres", {"image": image, "prompt": prompt or "", "negative_prompt": negative_prompt,
+                      "upscale": upscale, "noise_level": noise_level, "tile_size": tile_size,
+                      "tile_overlap": tile_overlap}, opts)
+
+
+@app.command()
+def layout2img(layout: Annotated[Optional[str], typer.Argument(help="Layout JSON: [{label, box: [x0,y0,x1,y1]}], "
+                                                                "pixels or 0-1.")] = None,
+               box: Annotated[Optional[List[str]], typer.Option("--box", help='"label x0 y0 x1 y1" (repeatable).')]
+               = None,
+               list_labels: Annotated[bool, typer.Option("--list-labels", help="Print the model's labels.")] = False,
+               height: Height = None, width: Width = None,
+               ckpt: Ckpt = None, config: Config = None, steps: Steps = None, sampler: Sampler = "ddim",
+               scale: Scale = None, eta: Eta = None, karras: Karras = False, seed: Seed = 0,
+               n_samples: NSamples = 1, batch_size: BatchSize = 4, device: Device = "auto", dtype: Dtype = "auto",
+               out: Out = "outputs", no_ema: NoEma = False, from_file: FromFile = None, json: Json = False,
+               quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None):
+    """Draw objects inside the given boxes."""
+    if list_labels:
+        _labels("layout2img", locals())
+    _run("layout2img", {"layout": layout, "boxes": box or None, "height": height, "width": width}, locals())
+
+
+@app.command()
+def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentation map: index PNG (mode L/P) or "
+                                                                  "colour PNG with --palette.")] = None,
+                 palette: Annotated[Optional[str], typer.Option("--palette", help="Colour -> label file (JSON "
+                                                                "or 'id r g b' lines).")] = None,
+                 list_labels: Annotated[bool, typer.Option("--list-labels", help="Print the class names.")] = False,
+                 ckpt: Ckpt = None, config: Config = None, steps: Steps = None, sampler: Sampler = "ddim",
+                 scale: Scale = None, eta: Eta = None, karras: Karras = False, seed: Seed = 0,
+                 n_samples: NSamples = 1, batch_size: BatchSize = 2, device: Device = "auto",
+                 dtype: Dtype = "auto", out: Out = "outputs", no_ema: NoEma = False, from_file: FromFile = None,
+                 json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False,
+                 noise_device: NoiseDevice = None):
+    """Paint an image that follows a semantic segmentation map (any size: the model runs convolutionally)."""
+    if list_labels:
+        _labels("semantic2img", locals())
+    _run("semantic2img", {"segmap": segmap, "palette": palette}, locals())
+
+
+def _labels(task: str, opts: dict) -> None:
+    from ldmcli.batch import print_labels
+    from ldmcli.run import guarded
+    raise typer.Exit(guarded(lambda: print_labels(task, opts), debug=_STATE["debug"]))
+
+
+@app.command()
+def info(image: Annotated[str, typer.Argument(help="A PNG written by ldm (or by AUTOMATIC1111).")],
+         json: Json = False):
+    """Print the generation record stored in a PNG."""
+    from ldmcli.batch import show_info
+    from ldmcli.run import guarded
+    raise typer.Exit(guarded(lambda: show_info(image, json), debug=_STATE["debug"]))
+
+
+@app.command()
+def replay(image: Annotated[str, typer.Argument(help="A PNG written by ldm.")],
+           ckpt: Ckpt = None, device: Device = "auto", dtype: Dtype = "auto", out: Out = "outputs",
+           quiet: Quiet = False, json: Json = False):
+    """Regenerate an image from the record in its metadata (same model, seed, settings)."""
+    from ldmcli.batch import replay_opts
+    from ldmcli.run import guarded
+    holder = {}
+    code = guarded(lambda: holder.update(replay_opts(image, dict(locals()))), debug=_STATE["debug"])
+    if code:
+        raise typer.Exit(code)
+    _run(holder["task"], holder["positional"], holder["opts"])
+
+
 @weights_app.command("list")
 def weights_list(json: Json = False):
     """Show the embedded defaults and known public checkpoints, and which are present."""
     from ldmcli.batch import weights_list as run
     from ldmcli.run import guarded
     raise typer.Exit(guarded(lambda: run(json), debug=_STATE["debug"]))
+
+
+@weights_app.command("verify")
+def weights_verify(name: Annotated[Optional[str], typer.Argument(help="One registry name (default: all present).")]
+                   = None):
+    """Check the SHA-256 of present checkpoints against the registry."""
+    from ldmcli.batch import weights_verify as run
+    from ldmcli.run import guarded
+    raise typer.Exit(guarded(lambda: run(name), debug=_STATE["debug"]))
 
 
 def main() -> None:

@@ -5,9 +5,6 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-_SAMPLER_NAMES = {"ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "dpmpp_2m": "DPM++ 2M", "euler": "Euler",
-                  "euler_a": "Euler a"}
-
 
 @lru_cache(maxsize=8)
 def model_hash(path: str) -> str:
@@ -27,11 +24,12 @@ def job_record(task, model, job, settings, seed, size, index) -> dict:
     record = {
         "task": task, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "steps": settings.steps, "sampler": settings.sampler,
-        "sampler_name": _SAMPLER_NAMES.get(settings.sampler, settings.sampler),
         "scale": settings.guidance_scale, "eta": settings.eta, "karras": settings.karras,
         "noise_device": settings.noise_device, "seed": seed, "width": size[0], "height": size[1],
         "model": model.cfg.name, "model_hash": model_hash(ckpt) if ckpt else "",
-        "ckpt": Path(ckpt).name if ckpt else "", "job": index,
+        "ckpt": Path(ckpt).name if ckpt else "", "ckpt_path": str(Path(ckpt).resolve()) if ckpt else "",
+        "ema": getattr(getattr(model, "load_info", None), "ema", True),
+        "prediction": model.cfg.parameterization, "job": index,
         "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
         "extra": job.extra, "ldmcli_version": _version(),
     }
