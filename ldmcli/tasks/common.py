@@ -71,7 +71,7 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
     eps = eps_model(guided, model.cfg.parameterization, model.alphas_cumprod)
     x_T = initial_noise((n, *shape), seeds, device=device, dtype=torch.float32, noise_device=s.noise_device)
     # ancestral noise: a second, independent stream per sample, so a sample never depends on its batch
-    noise = seeded_noise([sd + 0x5EED for sd in seeds], device=device, dtype=torch.float32)
+    noise = seeded_noise([(sd + 0x5EED) % 2**64 for sd in seeds], device=device, dtype=torch.float32)
     with torch.inference_mode():
         return sample(s.sampler, eps, x_T, model.alphas_cumprod, s.steps, eta=s.eta, karras=s.karras,
                       noise=noise, callback=callback, x0_known=x0_known, mask=mask)
@@ -86,7 +86,42 @@ def decode(model, z: torch.Tensor):
 
 
 def check_size(model, height: int, width: int) -> None:
-    f = model.cfg.first_stage.downsample_factor
+    """Sizes must be multiples of f·2^(levels−1): the first stage's factor times the UNet's down-sampling."""
+    m = model.cfg.first_stage.downsample_factor * latent_multiple(model)
     for name, v in (("height", height), ("width", width)):
-        if v <= 0 or v % f:
-            raise UsageError(f"--{name} must be a positive multiple of {f} for this model, got {v}")
+        if v <= 0 or v % m:
+            raise UsageError(f"--{name} must be a positive multiple of {m} for this model, got {v}")
+
+
+def latent_multiple(model) -> int:
+    """Latent sides must be multiples of 2^(levels−1): the UNet halves them that often and joins skips by size."""
+    return 2 ** (len(model.cfg.unet.channel_mult) - 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, value: Optional[float] = None) -> torch.Tensor:
+    """Pad [B, C, H, W] at the bottom and right up to multiples of `multiple`: mirror the image (reflect) where it
+    is large enough, else repeat its edge; a constant `value` instead when given (masks). Callers crop back."""
+    import torch.nn.functional as F
+    h, w = x.shape[-2:]
+    pad = (0, -w % multiple, 0, -h % multiple)   # (left, right, top, bottom)
+    if not any(pad):
+        return x
+    if value is not None:
+        return F.pad(x, pad, mode="constant", value=value)
+    return F.pad(x, pad, mode="reflect" if pad[1] < w and pad[3] < h else "replicate")
+
+
+def side_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for a sample's other randomness (posterior sample, noise augmentation), on its own stream:
+    drawn from `seed` itself it would repeat the numbers of x_T, which has the same seed and often the same shape."""
+    return torch.Generator().manual_seed((int(seed) + stream) % 2**64)
+
+
+def job_option(job, name: str, default, kind: type):
+    """A task option from a batch job's `extra` dict, checked: kind is bool, int or float (an int passes as float)."""
+    value = job.extra.get(name, default)
+    if value is None or (kind is float and type(value) is int):
+        return value if value is None else float(value)
+    if type(value) is not kind:
+        raise UsageError(f"option {name!r} should be {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,122 @@
+"""superres: ×4 super-resolution, p(z | low-res image) (LDM §4.4; MODELS.md §6.6).
+
+Two families, which differ only in the condition they build:
+- LDM `bsr_sr` (concat, identity condition): the low-res image itself in [−1, 1] is concatenated to the 3-channel
+  VQ-f4 latent of the same spatial size; no text, no guidance; decoding re-quantizes the latent (§11 #21).
+- SD x4 upscaler (hybrid-adm): the low-res image, noise-augmented in pixel space on its own schedule, is
+  concatenated to the 4-channel latent; `y` = the noise level; OpenCLIP text with classifier-free guidance.
+Latents larger than one tile are sampled by overlapping tiles (tasks/tiled.py) and decoded by tiles.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional
+
+import torch
+
+from ldmcli.errors import UsageError
+from ldmcli.schedules import alphas_cumprod_from
+from ldmcli.tasks.common import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple,
+                                 sample_latents, side_generator)
+from ldmcli.tasks.tiled import decode_images, plan_tiling, tiled
+
+DEFAULT_NOISE_LEVEL = 20   # the x4 demos' default (gradio, streamlit); the README suggests ~100 for synthetic input
+_AUG_STREAM = 0xA06        # the noise-augmentation ε of sample k comes from seeds[k] + this (common.side_generator)
+
+
+def superres_family(cfg) -> str:
+    """"bsr" (LDM bsr_sr) or "x4" (SD x4 upscaler), from the config's conditioning structure."""
+    if cfg.conditioning_key == "hybrid-adm" and cfg.unet.num_classes:
+        if cfg.cond_stage is None or isinstance(cfg.cond_stage, str):
+            raise UsageError(f"{cfg.name}: an x4-upscaler config needs its text encoder (OpenCLIP) as cond_stage")
+        return "x4"
+    if cfg.conditioning_key == "concat" and cfg.cond_stage == "identity":
+        return "bsr"
+    raise UsageError(f"{cfg.name} is a {cfg.task} model, not a super-resolution model "
+                     f"(use ldm-bsr-sr or sd-x4-upscaler)")
+
+
+def bsr_condition(lr: torch.Tensor) -> Cond:
+    """LDM bsr_sr: c_concat = the low-res image in [−1, 1] (`cond_stage_config: torch.nn.Identity`)."""
+    return {"c_concat": [lr]}
+
+
+def noise_augment(lr: torch.Tensor, noise_level: int, cfg, eps: torch.Tensor) -> torch.Tensor:
+    """`ImageConcatWithNoiseAugmentation`: x_aug = √ᾱ_n·lr + √(1−ᾱ_n)·ε in pixel space, ᾱ of the augmentation's own
+    1000-step "linear" schedule (noise_aug_linear_start/end), n = noise_level (MODELS.md §6.6)."""
+    a = alphas_cumprod_from(cfg.noise_aug_linear_start, cfg.noise_aug_linear_end, 1000)[noise_level].item()
+    return math.sqrt(a) * lr + math.sqrt(1 - a) * eps.to(lr.device, lr.dtype)
+
+
+def x4_condition(model, lr: torch.Tensor, prompt: str, negative_prompt: str, noise_level: int,
+                 seeds: List[int]):
+    """SD x4: c_concat = x_aug (one ε per seed), y = noise_level, context = OpenCLIP(prompt); the unconditional
+    branch keeps x_aug and y and takes the negative prompt's context. Returns (cond, uncond)."""
+    eps = torch.stack([torch.randn(lr.shape[1:], generator=side_generator(s, _AUG_STREAM)) for s in seeds])
+    x_aug = noise_augment(lr, noise_level, model.cfg, eps)          # [n, 3, h, w]
+    y = torch.full((len(seeds),), noise_level, dtype=torch.long, device=lr.device)
+    context = model.get_learned_conditioning([prompt])
+    uncond_context = model.get_learned_conditioning([negative_prompt])
+    return ({"c_concat": [x_aug], "c_crossattn": [context], "y": y},
+            {"c_concat": [x_aug], "c_crossattn": [uncond_context], "y": y})
+
+
+def _check_options(model, family: str, scale: int, prompt: str, negative_prompt: str, noise_level) -> int:
+    """Validate the options against the model; returns the noise level to use (x4) or 0 (bsr)."""
+    factor = model.cfg.first_stage.downsample_factor
+    if scale != factor:
+        raise UsageError(f"{model.cfg.name} upscales by exactly {factor}, not {scale}; resize the result yourself "
+                         f"for other factors")
+    if family == "bsr":
+        if prompt or negative_prompt:
+            raise UsageError(f"{model.cfg.name} takes no prompt (it is conditioned on the image alone)")
+        if noise_level is not None:
+            raise UsageError(f"noise_level applies to the SD x4 upscaler only, not {model.cfg.name}")
+        return 0
+    level = DEFAULT_NOISE_LEVEL if noise_level is None else noise_level
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= model.cfg.max_noise_level:
+        raise UsageError(f"noise_level must be an integer between 0 and {model.cfg.max_noise_level}, got {level!r}")
+    return level
+
+
+def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale: int = 4,
+             noise_level: Optional[int] = None, seeds: List[int], settings: SamplerSettings = SamplerSettings(),
+             tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
+             callback: Optional[Callable] = None):
+    """Upscale `image` (PIL) by the model's factor; one image of exactly scale·W × scale·H per seed.
+
+    scale: must equal the model's factor (4 for both families); any other value is a UsageError rather than a
+    silent resize, so the output size is always what the model produced. noise_level: x4 only, in
+    [0, cfg.max_noise_level], default 20. tile_size / tile_overlap: latent cells (= low-res pixels for both
+    families); a latent larger than tile_size (default cfg.latent_size) is sampled and decoded by overlapping tiles.
+    The low-res image is mirror-padded to the UNet's multiple and the result cropped back.
+    """
+    from ldmcli.images import pil_to_tensor
+    family = superres_family(model.cfg)
+    level = _check_options(model, family, scale, prompt, negative_prompt, noise_level)
+    width, height = image.size
+    lr = pad_to_multiple(pil_to_tensor(image), latent_multiple(model)).to(model.device)   # [1, 3, h, w] in [−1, 1]
+    if family == "bsr":
+        cond, uncond = bsr_condition(lr), None
+    else:
+        cond, uncond = x4_condition(model, lr, prompt, negative_prompt, level, seeds)
+    tiling = plan_tiling(model, lr.shape[-2:], tile_size, tile_overlap)
+    shape = (model.cfg.latent_channels, *lr.shape[-2:])                # the latent has the low-res image's size
+    z = sample_latents(tiled(model, tiling), cond, uncond, shape, seeds, settings, callback=callback)
+    return [img.crop((0, 0, scale * width, scale * height)) for img in decode_images(model, z, tiling)]
+
+
+def run_job(model, job, seeds: List[int], settings: SamplerSettings, callback: Optional[Callable] = None):
+    """Batch adapter: the job's image file and `extra` options (upscale, noise_level, tile_size, tile_overlap).
+    The upscaling factor is `upscale` because a job's `scale` is the guidance scale of every subcommand."""
+    from ldmcli.images import load_image
+    if not job.image:
+        raise UsageError("superres needs an image")
+    return superres(model, load_image(job.image), job.prompt, job.negative_prompt,
+                    scale=job_option(job, "upscale", 4, int), noise_level=job_option(job, "noise_level", None, int),
+                    seeds=seeds, settings=settings, tile_size=job_option(job, "tile_size", None, int),
+                    tile_overlap=job_option(job, "tile_overlap", None, int), callback=callback)
+
+
+__all__ = ["superres", "superres_family", "bsr_condition", "noise_augment", "x4_condition", "run_job",
+           "DEFAULT_NOISE_LEVEL"]
