@@ -6,9 +6,11 @@ Exit: 0 all jobs ok, 3 some failed, 2 all failed on bad input, 1 all failed othe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -44,6 +46,9 @@ def _load_task_modules() -> None:
 # ----------------------------------------------------------------------------------------------------
 def build_jobs(task: str, positional: dict, opts: dict):
     from ldmcli.jobs import Job, read_jobs
+    for k in ("height", "width"):   # checked here: the tasks read 0 as "not given" (the model's native size)
+        if positional.get(k) is not None and positional[k] <= 0:
+            raise UsageError(f"--{k} must be positive, got {positional[k]}")
     defaults = {"negative_prompt": positional.get("negative_prompt") or None, "steps": opts.get("steps"),
                 "scale": opts.get("scale"), "sampler": None, "n_samples": opts.get("n_samples"),
                 "height": positional.get("height"), "width": positional.get("width")}
@@ -59,8 +64,11 @@ def build_jobs(task: str, positional: dict, opts: dict):
 
 
 def _check_required(task: str, job) -> None:
+    """Required fields must be set; a blank prompt counts as unset (txt2img refuses it rather than silently
+    sampling unconditionally, e.g. for an unset shell variable)."""
     for f in TASKS[task][1]:
-        if getattr(job, f) in (None, ""):
+        value = getattr(job, f)
+        if value is None or (isinstance(value, str) and not value.strip()):
             raise UsageError(f"{task} needs a {f} (as an argument, or a '{f}' field in each --from-file job)")
 
 
@@ -110,7 +118,7 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
         return 0
     model = _load_model(task, opts, console, rank)
     failures = []
-    with console.progress(len(todo), f"{task}") as advance_jobs:
+    with console.progress(len(todo), f"{task}") as advance_jobs, _library_warnings(console):
         for i, job in todo:
             try:
                 _check_required(task, job)
@@ -120,6 +128,19 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
                 failures.append(e)
             advance_jobs()
     return _exit_code(failures, len(todo))
+
+
+@contextmanager
+def _library_warnings(console):
+    """Show the library's warnings (logger "ldmcli", e.g. decode fallbacks) as `ldm: warning:` lines meanwhile."""
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: console.warn(record.getMessage())
+    logger = logging.getLogger("ldmcli")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _exit_code(failures: list, n: int) -> int:

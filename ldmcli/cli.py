@@ -47,8 +47,9 @@ FromFile = Annotated[Optional[str], typer.Option("--from-file", help="Jobs: text
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout instead of paths.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Regenerate outputs that already exist.")]
-NoiseDevice = Annotated[Optional[str], typer.Option("--noise-device", help="Draw initial noise on this device "
-                                                    "(cpu: identical across devices).")]
+NoiseDevice = Annotated[Optional[str], typer.Option("--noise-device", help="auto (the model's device) or cpu: draw "
+                                                    "all sampling noise on the CPU, so a seed gives the same image "
+                                                    "on any device.")]
 Vocab = Annotated[Optional[str], typer.Option("--vocab", help="Tokenizer vocabulary file (BERT vocab.txt for LDM "
                                               "text models; CLIP bpe_simple_vocab_16e6.txt.gz).")]
 Height = Annotated[Optional[int], typer.Option("--height", "-H", help="Image height in pixels.")]

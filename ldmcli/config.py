@@ -93,6 +93,7 @@ class BERTConfig:
     heads: int = 8
     dim_head: int = 64
     tokenizer: str = "wordpiece"
+    vocab: Tuple[str, ...] = ()         # tokenizer "words": the closed vocabulary, specials first (tokenizers/words.py)
 
 
 @dataclass(frozen=True)

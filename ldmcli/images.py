@@ -13,6 +13,7 @@ Conventions, fixed here once for every task:
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,6 +34,10 @@ MAX_PIPE_BYTES = 256 * 2**20    # what is read at most from a pipe or device (`-
 ASPECT_TOLERANCE = 0.01         # a mask whose aspect ratio is within 1 % of the image's is resized to it
 _GREY16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")   # "I": how Pillow opens some 16-bit files
 _INDEX_MODES = ("L", "P", "1") + _GREY16
+# Pillow logs some refusals at ERROR level ("More samples per pixel than can be decoded"); with no handler set up,
+# logging's last resort would print them beside our one `ldm: error:` line. A NullHandler keeps them for
+# applications that configure logging and out of a bare CLI's stderr.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
 def one_line(err: BaseException) -> str:
@@ -68,7 +73,8 @@ def _header_size(src) -> tuple[int, int] | None:
     """(W, H) from a format plugin's header parse alone: past Pillow's own bomb limit Image.open hides the size."""
     Image.init()
     try:
-        with (open(src, "rb") if isinstance(src, Path) else nullcontext(src)) as fp:
+        with (open(src, "rb") if isinstance(src, Path) else nullcontext(src)) as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a plugin's complaints about the header are not for the user
             fp.seek(0)
             prefix = fp.read(16)
             for fmt in Image.ID:

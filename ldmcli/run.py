@@ -105,5 +105,6 @@ def guarded(fn, *, debug: bool = False) -> int:
 
 
 def _err(msg: str) -> None:
+    msg = " ".join(str(msg).splitlines())   # one line, even when a file name holds a newline
     sys.stderr.write(f"ldm: error: {msg}\n")
     sys.stderr.flush()

@@ -12,8 +12,9 @@ from ldmcli.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
 from ldmcli.errors import UsageError
 from ldmcli.tokenizers.clip_bpe import CLIPBPETokenizer
 from ldmcli.tokenizers.wordpiece import WordPieceTokenizer
+from ldmcli.tokenizers.words import WordsTokenizer
 
-__all__ = ["CLIPBPETokenizer", "WordPieceTokenizer", "tokenizer_for"]
+__all__ = ["CLIPBPETokenizer", "WordPieceTokenizer", "WordsTokenizer", "tokenizer_for"]
 
 
 def tokenizer_for(cfg, vocab_path: Union[str, Path, None] = None):
@@ -27,6 +28,8 @@ def tokenizer_for(cfg, vocab_path: Union[str, Path, None] = None):
         return CLIPBPETokenizer(vocab_path, cfg.max_length, style="open_clip")
     if isinstance(cfg, BERTConfig) and cfg.tokenizer == "wordpiece":
         return WordPieceTokenizer(vocab_path, cfg.max_seq_len)
+    if isinstance(cfg, BERTConfig) and cfg.tokenizer == "words":
+        return WordsTokenizer(cfg.vocab, cfg.max_seq_len)    # the vocabulary travels in the config
     if isinstance(cfg, BERTConfig) and cfg.tokenizer == "none":
         raise UsageError("this BERT encoder takes token ids (layout2img bbox tokens), not prompts")
     kind = f"{type(cfg).__name__}(tokenizer={cfg.tokenizer!r})" if isinstance(cfg, BERTConfig) else type(cfg).__name__

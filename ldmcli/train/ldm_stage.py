@@ -1,0 +1,188 @@
+"""Stage 2: a latent diffusion model εθ (and its τθ) on the frozen autoencoder (LDM eq. 2; MODELS.md §3).
+
+  L_LDM = E_{z0, y, ε, t} ‖ε − εθ(z_t, t, τθ(y))‖²,  z0 = scale·sample(E(x)),  z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε,
+  t uniform in 0…T−1. A config with parameterization "v" (the recipes' choice, see recipes.PARAMETERIZATION)
+  regresses v = √ᾱ_t·ε − √(1−ᾱ_t)·z0 instead, as SD 2 does.
+- scale: the reference's `scale_by_std` — 1/std of posterior samples of the training latents, measured once
+  before the first step (over all processes) and stored in the model config.
+- The autoencoder is frozen, so each example's posterior (mean, std) is computed once for the whole pool; a step
+  draws a fresh sample from it, which is what encoding the image every step would give.
+- Conditions are built exactly as the inference tasks build them (tasks/inpaint.py, tasks/superres.py, §6):
+    txt2img       c_crossattn = τθ(words tokens of the caption)
+    inpaint       c_concat = [nearest(hole) at latent size, scale·sample(E(x·(hole < 0.5)))], + text (SD style)
+    superres      c_concat = [low-res image in [−1, 1]] (bsr_sr, cond "identity")
+    layout2img    c_crossattn = τθ(92 bbox tokens), the objects in a fresh random order each step
+    semantic2img  c_concat = [SpatialRescaler(one-hot class map)]
+- Condition dropout: with probability uncond_prob an example gets the unconditional condition the tasks use for
+  classifier-free guidance — the prompt "" (inpaint keeps its c_concat, as SD's unconditional branch does), the
+  empty layout (padding + crop tokens). superres and semantic2img are never dropped: their tasks sample without
+  guidance, as bsr_sr and the semantic-synthesis models do.
+- Inpainting holes: a quarter the whole image (SD: "in 25 % mask everything"), a quarter one object's box (world
+  data), the rest 1-3 random rectangles of 15-50 % of the side.
+- Initialisation as the reference's `zero_module`s: the UNet's output conv, every ResBlock's last conv and every
+  attention `proj_out` start at zero, so the untrained model predicts 0 and the blocks start as identities.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldmcli.config import BERTConfig, ModelConfig
+from ldmcli.models.ldm import LatentDiffusion
+from ldmcli.train.data import Pool
+from ldmcli.train.losses import diffusion_loss, q_sample
+from ldmcli.train.recipes import LAYOUT_VOCAB
+
+
+def build_ldm(cfg: ModelConfig, first_stage: Dict[str, torch.Tensor]) -> LatentDiffusion:
+    """A fresh LatentDiffusion (seed the global RNG first) on the trained, frozen autoencoder."""
+    model = LatentDiffusion(cfg)
+    model.first_stage_model.load_state_dict(first_stage, strict=True)
+    model.first_stage_model.requires_grad_(False)
+    _reference_init(model.model.diffusion_model)
+    if isinstance(cfg.cond_stage, BERTConfig):
+        # the unused LM head (return_embeddings=True) gets no gradient: frozen, so DDP does not wait for it
+        model.cond_stage_model.transformer.to_logits.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def _reference_init(unet: nn.Module) -> None:
+    for name, module in unet.named_modules():
+        if name == "out.2" or name.endswith(("out_layers.3", "proj_out")):
+            for p in module.parameters():
+                p.zero_()
+
+
+@torch.no_grad()
+def encode_pool(model: LatentDiffusion, pool: Pool, device, chunk: int = 256) -> None:
+    """Add the posterior of every pool image: z_mean, z_std [n, c, h, w] float32 (unscaled)."""
+    means, stds = [], []
+    fs = model.first_stage_model
+    for start in range(0, len(pool), chunk):
+        x = pool.tensors["image"][start:start + chunk].to(device).float() / 127.5 - 1
+        posterior = fs.encode(x)
+        means.append(posterior.mean.float().cpu())
+        stds.append(posterior.std.float().cpu())
+    pool.tensors["z_mean"], pool.tensors["z_std"] = torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def latent_scale(pool: Pool, seed: int, dist, n: int = 1024) -> float:
+    """scale_by_std: 1/std of posterior samples of (up to) the first n pool examples, pooled over processes."""
+    g = torch.Generator().manual_seed(seed)
+    mean, std = pool.tensors["z_mean"][:n], pool.tensors["z_std"][:n]
+    z = (mean + std * torch.randn(mean.shape, generator=g)).double()
+    stats = torch.stack([z.sum(), z.pow(2).sum(), torch.tensor(float(z.numel()), dtype=torch.float64)])
+    if dist.world > 1:
+        import torch.distributed as tdist
+        stats = stats.to(dist.device)
+        tdist.all_reduce(stats)
+        stats = stats.cpu()
+    total, squares, count = stats.tolist()
+    var = (squares - total * total / count) / max(count - 1, 1)
+    return float(1.0 / max(var, 1e-12) ** 0.5)
+
+
+def training_holes(batch: dict, generator: torch.Generator) -> torch.Tensor:
+    """Inpainting holes [B, 1, H, W] in {0, 1} (1 = to fill): whole image, an object's box, or rectangles."""
+    x = batch["image"]
+    b, _, h, w = x.shape
+    dev = x.device
+    kind = torch.rand(b, generator=generator, device=dev)
+    count = torch.randint(1, 4, (b,), generator=generator, device=dev)
+    sides = torch.empty(b, 3, 2, device=dev).uniform_(0.15, 0.5, generator=generator)          # (w, h) / side
+    corners = torch.rand(b, 3, 2, generator=generator, device=dev) * (1 - sides)              # (x0, y0) / side
+    ys = (torch.arange(h, device=dev) + 0.5) / h
+    xs = (torch.arange(w, device=dev) + 0.5) / w
+    rects = torch.zeros(b, h, w, dtype=torch.bool, device=dev)
+    for r in range(3):
+        inside_x = (xs >= corners[:, r, 0, None]) & (xs < (corners[:, r, 0] + sides[:, r, 0])[:, None])  # [B, W]
+        inside_y = (ys >= corners[:, r, 1, None]) & (ys < (corners[:, r, 1] + sides[:, r, 1])[:, None])  # [B, H]
+        rects |= inside_y[:, :, None] & inside_x[:, None, :] & (count > r)[:, None, None]
+    hole = rects.float()
+    if "object_mask" in batch:
+        obj = batch["object_mask"].float()
+        use_obj = (kind >= 0.25) & (kind < 0.5) & (obj.flatten(1).amax(1) > 0)   # folders have no objects
+        hole = torch.where(use_obj[:, None, None], obj, hole)
+    hole = torch.where((kind < 0.25)[:, None, None], torch.ones_like(hole), hole)
+    return hole[:, None]
+
+
+def shuffle_objects(tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Layout tokens [B, 92] with each example's object triples in a random order, padding kept last and the crop
+    tokens in place (taming shuffles the annotations before building the sequence, §6.4)."""
+    b = tokens.shape[0]
+    triples = tokens[:, :-2].reshape(b, -1, 3)                                  # [B, 92] -> [B, 30, 3]
+    keys = torch.rand(triples.shape[:2], generator=generator, device=tokens.device)
+    keys = keys + 2.0 * (triples[:, :, 0] == LAYOUT_VOCAB - 1)                  # padding sorts after every object
+    order = keys.argsort(dim=1)[:, :, None].expand_as(triples)
+    return torch.cat([triples.gather(1, order).reshape(b, -1), tokens[:, -2:]], dim=1)
+
+
+class DiffusionObjective(nn.Module):
+    """L_LDM for one task; `forward(batch, generator, step) -> (loss, metrics)`."""
+
+    def __init__(self, model: LatentDiffusion, uncond_prob: float, uncond_tokens: torch.Tensor = None):
+        super().__init__()
+        self.ldm = model
+        self.task = model.cfg.task
+        # superres and semantic2img are sampled without guidance (tasks/superres.py, tasks/semantic2img.py refuse
+        # a scale != 1), so their condition is never dropped
+        self.uncond_prob = 0.0 if self.task in ("superres", "semantic2img") else uncond_prob
+        self.register_buffer("alphas_cumprod", model.alphas_cumprod.float(), persistent=False)
+        self.register_buffer("uncond_tokens", uncond_tokens if uncond_tokens is not None else torch.zeros(0),
+                             persistent=False)
+
+    def forward(self, batch: dict, generator: torch.Generator, step: int):
+        model = self.ldm
+        x = batch["image"]
+        b, dev = x.shape[0], x.device
+        with torch.no_grad():
+            if "z_mean" in batch:
+                eps_post = torch.randn(batch["z_mean"].shape, generator=generator, device=dev)
+                z0 = model.scale_factor * (batch["z_mean"] + batch["z_std"] * eps_post)
+            else:
+                z0 = model.encode_first_stage(x, generator=generator)
+        t = torch.randint(0, len(self.alphas_cumprod), (b,), generator=generator, device=dev)
+        eps = torch.randn(z0.shape, generator=generator, device=dev)
+        drop = torch.rand(b, generator=generator, device=dev) < self.uncond_prob
+        cond = self.condition(batch, drop, generator)
+        pred = model.apply_model(q_sample(z0, t, eps, self.alphas_cumprod), t, **cond)
+        if model.cfg.parameterization == "v":      # a config may ask for v = √ᾱ·ε − √(1−ᾱ)·z0 (SD 2) instead of ε
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            eps = a.sqrt() * eps - (1 - a).sqrt() * z0
+        loss = diffusion_loss(eps, pred)
+        return loss, {"loss": loss.detach()}
+
+    def condition(self, batch: dict, drop: torch.Tensor, generator: torch.Generator) -> dict:
+        """c_concat / c_crossattn as the inference task builds them, with dropped examples unconditional."""
+        model, task = self.ldm, self.task
+        if task == "superres":
+            return {"c_concat": [batch["lowres"]]}
+        if task == "semantic2img":
+            k = model.cfg.cond_stage.in_channels
+            onehot = F.one_hot(batch["class_map"].long(), k)             # [B, H, W] -> [B, H, W, K]
+            onehot = onehot.permute(0, 3, 1, 2).float()                    # -> [B, K, H, W]
+            return {"c_concat": [model.get_learned_conditioning(onehot)]}
+        tokens = shuffle_objects(batch["layout"], generator) if task == "layout2img" else batch["tokens"]
+        tokens = torch.where(drop[:, None], self.uncond_tokens.expand_as(tokens), tokens)
+        cond = {"c_crossattn": [model.get_learned_conditioning(tokens)]}
+        if task == "inpaint":
+            cond["c_concat"] = self.inpaint_concat(batch, generator)
+        return cond
+
+    @torch.no_grad()
+    def inpaint_concat(self, batch: dict, generator: torch.Generator) -> list:
+        """SD inpainting: [nearest(hole), scale·sample(E(x with the hole set to 0))] (tasks/inpaint.sd_condition)."""
+        model = self.ldm
+        x = batch["image"]
+        hole = training_holes(batch, generator)
+        z_masked = model.encode_first_stage(x * (hole < 0.5), generator=generator)
+        return [F.interpolate(hole, size=z_masked.shape[-2:], mode="nearest"), z_masked]
+
+
+__all__ = ["build_ldm", "encode_pool", "latent_scale", "training_holes", "shuffle_objects", "DiffusionObjective"]

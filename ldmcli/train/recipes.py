@@ -1,0 +1,250 @@
+"""The five embedded default models and how they are trained: model configs and hyper-parameters per recipe.
+
+Two recipes. "cpu": 32 px images (8x8 latents), UNet + τθ of 1.1-2.3 M parameters, hundreds of steps per
+stage, so the whole set trains in minutes on two cores. "gpu": 64 px images (16x16 latents), 1.6-3.5 M
+parameters, tens of thousands of steps. Both use a 1.6 M-parameter autoencoder. The five exported files (each
+carrying its own fp16 copy of the autoencoder) stay under 50 MB together (cpu ≈ 32 MB, gpu ≈ 43 MB;
+`tests/test_train.py` checks the sum).
+
+All models share one KL-f4 autoencoder (4 latent channels), trained first. The f4 factor is what the ×4
+super-resolution model needs (its latent has the low-res image's size, MODELS.md §6.6). Each model has the
+structure of its public counterpart:
+
+  txt2img      crossattn; τθ a small BERTEmbedder with the closed word tokenizer, trained jointly (§6.1)
+  inpaint      hybrid, SD-inpainting style: UNet input [z_t, mask, scale·E(masked image)] + text (§6.7)
+  superres     concat, bsr_sr style: UNet input [z_t, low-res image], cond "identity" (§6.6)
+  layout2img   crossattn on the 92 bbox tokens of §6.4 through a BERTEmbedder (tokenizer "none"), trained jointly
+  semantic2img concat of SpatialRescaler(one-hot class map over background + 6 shapes) (§6.5)
+
+Widths: every norm layer of the reference architectures is GroupNorm with 32 groups. At 32 channels each group is
+one channel, i.e. an instance norm that erases each channel's mean over the image: a decoder that ends in one
+cannot reproduce the colour of a flat background, and a UNet that ends in one can hardly set the per-channel
+mean of its prediction, which decides the colours it samples. So the autoencoder has 96 channels (3 per group)
+at every level and the UNets 64 (2 per group). On the shapes world a 32-channel autoencoder stayed at L1 ≈ 0.48
+after 200 steps, a 96-channel one reached 0.19 (0.08 with the narrow initial posterior of autoencoder_stage.py).
+
+Schedule: the LDM "linear" β schedule 0.0015 → 0.0195 (ᾱ_T ≈ 1.4e-4, §3.3), 1000 steps; v-prediction (see
+PARAMETERIZATION below for why not ε).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional, Tuple
+
+from ldmcli.config import (AutoencoderConfig, BERTConfig, ModelConfig, SpatialRescalerConfig, UNetConfig)
+from ldmcli.errors import UsageError
+from ldmcli.world.vocab import COLOURS, SHAPES
+
+LDM_TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
+TASKS = ("autoencoder",) + LDM_TASKS
+RECIPES = ("cpu", "gpu")
+
+# What the UNet predicts. The paper's L_LDM has εθ predict ε; the recipes use SD 2's v = √ᾱ·ε − √(1−ᾱ)·z0 instead
+# (ldm_stage trains either, every task samples either). On 8x8 latents of flat-coloured images the ε loss barely
+# rewards using the condition: what the caption or the low-res image decides (the colours) is the latent's mean,
+# which stays visible in z_t until t > 900, where ε-errors cost almost nothing. Measured with the cpu recipe:
+# ×4 super-resolution 10.9 dB (ε) vs 21.1 dB (v) PSNR after 400 steps (ε needs ~1600 steps for 20.9 dB); fitting
+# 8 captioned images for 300 steps, v's loss with shuffled captions is 40x its loss with the right ones at
+# t = 900, ε's is equal (the text is ignored). "eps" here gives the paper's objective.
+PARAMETERIZATION = "v"
+
+LAYOUT_VOCAB = 8192        # bbox token vocabulary of the public layout2img model (MODELS.md §6.4)
+LAYOUT_LENGTH = 92         # 30 objects × 3 tokens + 2 crop tokens
+# layout2img labels: every colour-shape pair the shapes world draws ("red circle"), colour-major
+WORLD_LABELS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+# semantic2img classes: index 0 background, 1 + SHAPES index for each shape (the world's class maps)
+WORLD_CLASSES = ("background",) + SHAPES
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Optimisation of one stage: AdamW with linear warm-up then cosine decay to `min_lr_ratio`·lr.
+
+    batch_size is per process (torchrun multiplies it by the world size). ema_decay 0 disables EMA.
+    uncond_prob: share of training examples whose condition is replaced by the unconditional one (CFG).
+    Autoencoder only: kl_weight scales the KL term (relative to the per-pixel reconstruction, as in the
+    reference's per-sample sums), grad_weight the image-gradient term, disc_weight the patch-discriminator hinge
+    loss, which starts at step disc_start (0 weight: no discriminator).
+    """
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    uncond_prob: float = 0.1
+    log_every: int = 25
+    ckpt_every: int = 250
+    kl_weight: float = 1e-6
+    grad_weight: float = 0.5
+    disc_weight: float = 0.0
+    disc_start: int = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that differs between the cpu and gpu recipes."""
+    name: str
+    image_size: int
+    pool_size: int                          # examples rendered (world) or loaded (folder) before training
+    autoencoder: AutoencoderConfig
+    models: Dict[str, ModelConfig]          # the LDM configs, text vocabulary and scale_factor filled in later
+    stages: Dict[str, StageSettings] = field(default_factory=dict)
+    text_length: int = 40                   # token length of the words tokenizer (world captions need ~30)
+
+
+# ---- building blocks ------------------------------------------------------------------------------------------
+def _first_stage(ch: int, res_blocks: int, size: int) -> AutoencoderConfig:
+    """KL-f4: three levels of `ch` channels (ch_mult 1, 1, 1), 4 latent channels."""
+    return AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, ch=ch, ch_mult=(1, 1, 1),
+                             num_res_blocks=res_blocks, attn_resolutions=(), resolution=size)
+
+
+def _unet(in_ch: int, width: int, mult: Tuple[int, ...], res_blocks: int, attn: Tuple[int, ...],
+          context_dim: Optional[int]) -> UNetConfig:
+    """Cross-attention (SpatialTransformer, 4 heads) when there is a context, else ADM self-attention with
+    32-channel heads."""
+    if context_dim is None:
+        return UNetConfig(in_channels=in_ch, out_channels=4, model_channels=width, channel_mult=mult,
+                          num_res_blocks=res_blocks, attention_resolutions=attn, num_heads=-1,
+                          num_head_channels=32, use_spatial_transformer=False, context_dim=None)
+    return UNetConfig(in_channels=in_ch, out_channels=4, model_channels=width, channel_mult=mult,
+                      num_res_blocks=res_blocks, attention_resolutions=attn, num_heads=4, num_head_channels=-1,
+                      legacy=False, use_spatial_transformer=True, transformer_depth=1, context_dim=context_dim)
+
+
+def _text(width: int, layers: int) -> BERTConfig:
+    """The jointly trained text encoder; vocab and vocab_size come from the data (`model_config`)."""
+    return BERTConfig(vocab_size=len(_PLACEHOLDER_VOCAB), max_seq_len=40, n_embed=width, n_layer=layers, heads=4,
+                      dim_head=width // 4, tokenizer="words", vocab=_PLACEHOLDER_VOCAB)
+
+
+_PLACEHOLDER_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+
+
+def _layout_encoder(width: int, layers: int) -> BERTConfig:
+    return BERTConfig(vocab_size=LAYOUT_VOCAB, max_seq_len=LAYOUT_LENGTH, n_embed=width, n_layer=layers, heads=4,
+                      dim_head=width // 4, tokenizer="none")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Widths and depths of a recipe's models (see the module docstring for why no width is under 64)."""
+    image: int                       # pixels; the latent is image / 4
+    ae_width: int                    # autoencoder channels at every level
+    ae_res_blocks: int
+    width: int                       # UNet model_channels
+    mult: Tuple[int, ...]            # UNet channel_mult
+    res_blocks: int
+    cross_attention: Tuple[int, ...]  # downsampling factors with a SpatialTransformer (text, layout)
+    self_attention: Tuple[int, ...]   # downsampling factors with an AttentionBlock (concat models)
+    text_width: int
+    text_layers: int
+    layout_width: int
+    layout_layers: int
+
+
+def _models(z: Sizes) -> Dict[str, ModelConfig]:
+    fs = _first_stage(z.ae_width, z.ae_res_blocks, z.image)
+    sched = dict(parameterization=PARAMETERIZATION, linear_start=0.0015, linear_end=0.0195, timesteps=1000,
+                 scale_factor=1.0, latent_size=z.image // 4, latent_channels=4, default_steps=50, default_eta=0.0)
+    unet = dict(width=z.width, mult=z.mult, res_blocks=z.res_blocks)
+    cross = dict(unet, attn=z.cross_attention)
+    concat = dict(unet, attn=z.self_attention, context_dim=None)
+    text = _text(z.text_width, z.text_layers)
+    rescaler = SpatialRescalerConfig(n_stages=2, method="bilinear", multiplier=0.5, in_channels=len(WORLD_CLASSES),
+                                     out_channels=4, bias=False)
+    return {
+        "txt2img": ModelConfig("ldmcli-default-txt2img", "txt2img", _unet(4, context_dim=z.text_width, **cross),
+                               fs, text, "crossattn", default_guidance=3.0, **sched),
+        "inpaint": ModelConfig("ldmcli-default-inpaint", "inpaint", _unet(9, context_dim=z.text_width, **cross),
+                               fs, text, "hybrid", default_guidance=3.0, **sched),
+        "superres": ModelConfig("ldmcli-default-superres", "superres", _unet(7, **concat), fs, "identity", "concat",
+                                default_guidance=1.0, **sched),
+        "layout2img": ModelConfig("ldmcli-default-layout2img", "layout2img",
+                                  _unet(4, context_dim=z.layout_width, **cross), fs,
+                                  _layout_encoder(z.layout_width, z.layout_layers), "crossattn",
+                                  default_guidance=2.0, labels=WORLD_LABELS, **sched),
+        "semantic2img": ModelConfig("ldmcli-default-semantic2img", "semantic2img", _unet(8, **concat), fs, rescaler,
+                                    "concat", default_guidance=1.0, labels=WORLD_CLASSES, **sched),
+    }
+
+
+# ---- the two recipes ------------------------------------------------------------------------------------------
+CPU_SIZES = Sizes(image=32, ae_width=96, ae_res_blocks=0, width=64, mult=(1, 1), res_blocks=1,
+                  cross_attention=(1, 2), self_attention=(2,), text_width=64, text_layers=2, layout_width=64,
+                  layout_layers=2)
+GPU_SIZES = Sizes(image=64, ae_width=96, ae_res_blocks=0, width=64, mult=(1, 1, 1), res_blocks=1,
+                  cross_attention=(1, 2, 4), self_attention=(2, 4), text_width=128, text_layers=4,
+                  layout_width=96, layout_layers=2)
+
+
+def _cpu() -> Recipe:
+    ldm = StageSettings(steps=400, batch_size=32, lr=1e-3, warmup=40, ema_decay=0.99, ckpt_every=200)
+    models = _models(CPU_SIZES)
+    return Recipe("cpu", image_size=CPU_SIZES.image, pool_size=2048, autoencoder=models["txt2img"].first_stage,
+                  models=models,
+                  stages={"autoencoder": StageSettings(steps=600, batch_size=16, lr=1e-3, warmup=50, ckpt_every=200,
+                                                       disc_weight=0.05, disc_start=400),
+                          **{t: ldm for t in LDM_TASKS}})
+
+
+def _gpu() -> Recipe:
+    ldm = StageSettings(steps=40000, batch_size=128, lr=4e-4, warmup=1000, weight_decay=0.01, ema_decay=0.9999,
+                        log_every=100, ckpt_every=2000)
+    models = _models(GPU_SIZES)
+    return Recipe("gpu", image_size=GPU_SIZES.image, pool_size=100_000, autoencoder=models["txt2img"].first_stage,
+                  models=models,
+                  stages={"autoencoder": StageSettings(steps=30000, batch_size=64, lr=1e-3, warmup=500, log_every=100,
+                                                       ckpt_every=2000, disc_weight=0.1, disc_start=15000),
+                          **{t: ldm for t in LDM_TASKS}})
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called `name` ("cpu" or "gpu")."""
+    if name not in RECIPES:
+        raise UsageError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return _cpu() if name == "cpu" else _gpu()
+
+
+def model_config(rec: Recipe, task: str, vocab: Tuple[str, ...] = (), text_length: Optional[int] = None,
+                 scale_factor: float = 1.0, version: str = "") -> ModelConfig:
+    """The ModelConfig of `task` under `rec`, with the text vocabulary (txt2img, inpaint), the measured latent
+    scale factor and the provenance string filled in."""
+    if task not in rec.models:
+        raise UsageError(f"unknown model task {task!r}; choose one of {', '.join(rec.models)}")
+    cfg = rec.models[task]
+    cs = cfg.cond_stage
+    if isinstance(cs, BERTConfig) and cs.tokenizer == "words":
+        if not vocab:
+            raise UsageError(f"{task} needs the text vocabulary of its training data")
+        cs = replace(cs, vocab=tuple(vocab), vocab_size=len(vocab), max_seq_len=text_length or rec.text_length)
+    return cfg.with_(cond_stage=cs, scale_factor=float(scale_factor), version=version)
+
+
+def with_overrides(settings: StageSettings, steps: Optional[int] = None, batch_size: Optional[int] = None,
+                   lr: Optional[float] = None) -> StageSettings:
+    """The stage settings with the command line's --steps/--batch-size/--lr applied (warm-up and the
+    discriminator start keep their share of the run when --steps changes it)."""
+    out = settings
+    if steps is not None:
+        if steps < 1:
+            raise UsageError(f"--steps must be at least 1, got {steps}")
+        ratio = steps / settings.steps
+        out = replace(out, steps=steps, warmup=min(int(settings.warmup * ratio), steps // 2),
+                      disc_start=int(settings.disc_start * ratio))
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        out = replace(out, batch_size=batch_size)
+    if lr is not None:
+        if not lr > 0:
+            raise UsageError(f"--lr must be positive, got {lr}")
+        out = replace(out, lr=lr)
+    return out
+
+
+__all__ = ["LDM_TASKS", "TASKS", "RECIPES", "WORLD_LABELS", "WORLD_CLASSES", "LAYOUT_VOCAB", "LAYOUT_LENGTH",
+           "StageSettings", "Sizes", "Recipe", "CPU_SIZES", "GPU_SIZES", "recipe", "model_config", "with_overrides"]

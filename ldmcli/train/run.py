@@ -1,0 +1,176 @@
+"""`ldm train` end to end: the autoencoder, then each latent diffusion model on it, then the exported defaults.
+
+Layout of --out:  autoencoder/state.pt, autoencoder.safetensors (float32, reused by the LDM stages),
+<task>/state.pt (resumable training state) and <task>.safetensors (the fp16 embedded default), train.jsonl.
+Seeds: the data stream of every stage has base seed `seed`; stage k initialises its weights from
+mix(seed, k) and draws its per-step randomness from mix(mix(seed, k), step, rank) — see loop.py.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from ldmcli.errors import UsageError
+from ldmcli.train import recipes as R
+from ldmcli.train.autoencoder_stage import AUTOENCODER_FILE, build_autoencoder, load_autoencoder, save_autoencoder
+from ldmcli.train.data import data_pool, folder_images, mix_seed, unconditional_layout, vocabulary
+from ldmcli.train.export import export_default, version_string
+from ldmcli.train.ldm_stage import DiffusionObjective, build_ldm, encode_pool, latent_scale
+from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setup_distributed, teardown_distributed,
+                               train_loop)
+
+FOLDER_TASKS = ("autoencoder", "txt2img", "inpaint", "superres")   # the others need the world's annotations
+FOLDER_TEXT_LENGTH = 77
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `ldm train` was asked for; None keeps the recipe's value."""
+    task: str = "all"
+    recipe: str = "cpu"
+    data: str = "world"
+    out: str = "runs/default"
+    steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    log: Optional[str] = None
+    workers: int = 0            # processes that render the world pool; 0: the CPU count over the world size
+
+
+class _Quiet:
+    """Stands in for ldmcli.console.Console when the caller gives none: no output at all."""
+
+    def log(self, msg) -> None:
+        pass
+
+    def progress(self, total: int, desc: str = ""):
+        from contextlib import nullcontext
+        return nullcontext(lambda n=1: None)
+
+
+def stages_for(task: str, data: str) -> List[str]:
+    """The stages `--task` selects, in training order; "all" skips what folder data cannot train."""
+    if task not in ("all",) + R.TASKS:
+        raise UsageError(f"unknown --task {task!r}; choose all, {', '.join(R.TASKS)}")
+    if data != "world":
+        folder_images(data)      # a clear error for a wrong path before any work
+        if task not in ("all",) + FOLDER_TASKS:
+            raise UsageError(f"{task} needs the shapes world's layouts/class maps; train it with --data world")
+        return list(FOLDER_TASKS) if task == "all" else [task]
+    return list(R.TASKS) if task == "all" else [task]
+
+
+def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -> Dict[str, Path]:
+    """Train the selected stages; returns {stage: written file} (written by rank 0; every rank gets the paths).
+
+    console: an `ldmcli.console.Console` for progress bars and log lines (None: silent). recipe: a Recipe object
+    instead of the named `opts.recipe` (tests use tiny ones)."""
+    console = console or _Quiet()
+    rec = recipe if recipe is not None else R.recipe(opts.recipe)
+    stages = stages_for(opts.task, opts.data)
+    dist = setup_distributed(opts.device)
+    out = Path(opts.out)
+    written = {}
+    try:
+        for stage in stages:
+            if stage == "autoencoder":
+                written[stage] = _train_autoencoder(opts, rec, dist, out, console)
+            else:
+                written[stage] = _train_ldm(stage, opts, rec, dist, out, console)
+    finally:
+        teardown_distributed(dist)
+    return written
+
+
+def _stage_setup(stage: str, opts: TrainOptions, rec: R.Recipe, out: Path):
+    """(settings, stage seed, state path, resumed state or None, log path)."""
+    s = R.with_overrides(rec.stages[stage], opts.steps, opts.batch_size, opts.lr)
+    state_path = out / stage / "state.pt"
+    if state_path.exists() and not opts.resume:
+        raise UsageError(f"{state_path} exists: pass --resume to continue that run, or choose another --out")
+    state = read_state(state_path) if opts.resume else None
+    log_path = Path(opts.log) if opts.log else out / "train.jsonl"
+    return s, mix_seed(opts.seed, R.TASKS.index(stage)), state_path, state, log_path
+
+
+def _workers(opts: TrainOptions, dist: Distributed) -> int:
+    return opts.workers or max(1, (os.cpu_count() or 1) // dist.world)
+
+
+def _train_autoencoder(opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
+    s, seed, state_path, state, log_path = _stage_setup("autoencoder", opts, rec, out)
+    console.log(f"autoencoder: building the data pool ({rec.pool_size} examples, {rec.image_size} px)")
+    pool = data_pool(opts.data, rec.image_size, rec.pool_size, opts.seed, "autoencoder", dist.rank, dist.world,
+                     _workers(opts, dist))
+    torch.manual_seed(seed)
+    ae, objectives = build_autoencoder(rec.autoencoder, s)
+    for o in objectives:
+        o.module.to(dist.device)
+    with console.progress(s.steps, "autoencoder") as advance:
+        train_loop(objectives, pool, s, stage="autoencoder", seed=seed, dist=dist, state_path=state_path,
+                   log_path=log_path, state=state, progress=advance, on_log=lambda r: console.log(_line(r)))
+    path = out / AUTOENCODER_FILE
+    if dist.main:
+        save_autoencoder(ae, path, version_string("autoencoder", rec.name, s.steps, opts.seed, opts.data))
+    barrier(dist)
+    return path
+
+
+def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
+    s, seed, state_path, state, log_path = _stage_setup(task, opts, rec, out)
+    fs_cfg, fs_sd = load_autoencoder(out / AUTOENCODER_FILE)
+    text_length = rec.text_length if opts.data == "world" else FOLDER_TEXT_LENGTH
+    needs_text = task in ("txt2img", "inpaint")
+    cfg = R.model_config(rec, task, vocabulary(opts.data) if needs_text else (), text_length)
+    if fs_cfg != cfg.first_stage:
+        raise UsageError(f"{out / AUTOENCODER_FILE} was trained with another recipe than --recipe {rec.name}")
+    console.log(f"{task}: building the data pool ({rec.pool_size} examples, {rec.image_size} px)")
+    pool = data_pool(opts.data, rec.image_size, rec.pool_size, opts.seed, task, dist.rank, dist.world,
+                     _workers(opts, dist))
+    torch.manual_seed(seed)
+    model = build_ldm(cfg, fs_sd).to(dist.device)
+    uncond = None
+    if needs_text:
+        tokenizer = model.cond_stage_model.tokenizer = _words_tokenizer(cfg)
+        pool.tensors["tokens"] = tokenizer(pool.captions)
+        uncond = tokenizer([""])
+    elif task == "layout2img":
+        uncond = torch.from_numpy(unconditional_layout())[None]
+    encode_pool(model, pool, dist.device)
+    scale = float(state["extra"]["scale_factor"]) if state else latent_scale(pool, seed, dist)
+    model.scale_factor = scale
+    objective = DiffusionObjective(model, s.uncond_prob, uncond).to(dist.device)
+    with console.progress(s.steps, task) as advance:
+        parts = train_loop([Objective(task, objective, ema_decay=s.ema_decay)], pool, s, stage=task, seed=seed,
+                           dist=dist, state_path=state_path, log_path=log_path, state=state,
+                           extra={"scale_factor": scale}, progress=advance,
+                           on_log=lambda r: console.log(_line(r)))
+    ema = parts[task].ema
+    path = out / f"{task}.safetensors"
+    if dist.main:
+        weights = {k[len("ldm."):]: v for k, v in ema.shadow.items()} if ema else None
+        export_default(model, path, version=version_string(task, rec.name, s.steps, opts.seed, opts.data),
+                       ema_weights=weights)
+    barrier(dist)
+    return path
+
+
+def _words_tokenizer(cfg):
+    from ldmcli.tokenizers import tokenizer_for
+    return tokenizer_for(cfg.cond_stage)
+
+
+def _line(record: dict) -> str:
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                       if k not in ("stage", "step", "time") and isinstance(v, float))
+    return f"{record['stage']} step {record['step']}: {metrics}"
+
+
+__all__ = ["TrainOptions", "FOLDER_TASKS", "stages_for", "train"]

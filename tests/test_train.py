@@ -1,0 +1,299 @@
+"""`ldm train` (ldmcli/train): losses fall, resume is exact, the log is complete, exports load and sample.
+
+Everything runs a tiny recipe (16 px images, 4x4 latents, 32-channel models) on the CPU.
+"""
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldmcli.errors import UsageError
+from ldmcli.train import recipes as R
+from ldmcli.train.run import TrainOptions, train
+
+STEPS = 6
+
+
+def tiny_recipe(steps: int = STEPS) -> R.Recipe:
+    sizes = R.Sizes(image=16, ae_width=32, ae_res_blocks=0, width=32, mult=(1, 2), res_blocks=1,
+                    cross_attention=(1, 2), self_attention=(2,), text_width=32, text_layers=1, layout_width=32,
+                    layout_layers=1)
+    stage = R.StageSettings(steps=steps, batch_size=4, lr=1e-3, warmup=2, ema_decay=0.9, log_every=1, ckpt_every=3,
+                            disc_weight=0.1, disc_start=3)
+    models = R._models(sizes)
+    return R.Recipe("tiny", image_size=16, pool_size=16, autoencoder=models["txt2img"].first_stage, models=models,
+                    stages={t: stage for t in R.TASKS})
+
+
+class Recorder:
+    """A stand-in for ldmcli.console.Console that records progress and can interrupt a stage after n steps."""
+
+    def __init__(self, stop_stage=None, stop_after=None):
+        self.stop_stage, self.stop_after = stop_stage, stop_after
+        self.advances = {}
+        self.lines = []
+
+    def log(self, msg):
+        self.lines.append(str(msg))
+
+    @contextmanager
+    def progress(self, total, desc=""):
+        done = []
+
+        def advance(n=1):
+            done.append(n)
+            self.advances.setdefault(desc, []).append(n)
+            if desc == self.stop_stage and sum(done) >= self.stop_after:
+                raise KeyboardInterrupt
+        yield advance
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    written = train(TrainOptions(out=str(out), device="cpu", seed=3), Recorder(), recipe=tiny_recipe())
+    return out, written
+
+
+# ---- data and conditions ---------------------------------------------------------------------------------------
+def test_world_layout_tokens_follow_models_md():
+    from ldmcli.train.data import unconditional_layout, world_layout_tokens
+    tokens = world_layout_tokens(np.array([[0.1, 0.2, 0.5, 0.9]]), ["red circle"])
+    assert tokens.shape == (92,)
+    coord = lambda x, y: round(y * 89) * 90 + round(x * 89)          # noqa: E731 - MODELS.md §6.4
+    assert tokens[:3].tolist() == [R.WORLD_LABELS.index("red circle"), coord(0.1, 0.2), coord(0.5, 0.9)]
+    assert (tokens[3:90] == 8191).all() and tokens[90:].tolist() == [0, 8099]
+    empty = unconditional_layout()
+    assert (empty[:90] == 8191).all() and empty[90:].tolist() == [0, 8099]
+
+
+def test_shuffle_objects_keeps_padding_last_and_crop_tokens():
+    from ldmcli.train.data import world_layout_tokens
+    from ldmcli.train.ldm_stage import shuffle_objects
+    boxes = np.array([[0.0, 0.0, 0.2, 0.2], [0.4, 0.4, 0.6, 0.6], [0.7, 0.7, 0.9, 0.9]])
+    tokens = torch.from_numpy(world_layout_tokens(boxes, ["red circle", "blue star", "green heart"]))[None]
+    out = shuffle_objects(tokens.expand(8, -1).clone(), torch.Generator().manual_seed(0))
+    triples = {tuple(t) for t in tokens[0, :9].reshape(3, 3).tolist()}
+    for row in out:
+        assert {tuple(t) for t in row[:9].reshape(3, 3).tolist()} == triples
+        assert torch.equal(row[9:], tokens[0, 9:])
+    assert len({tuple(r[:9].tolist()) for r in out}) > 1
+
+
+def test_training_holes_are_binary_and_mixed():
+    from ldmcli.train.ldm_stage import training_holes
+    batch = {"image": torch.zeros(64, 3, 16, 16), "object_mask": torch.zeros(64, 16, 16, dtype=torch.uint8)}
+    batch["object_mask"][:, 2:6, 2:6] = 1
+    hole = training_holes(batch, torch.Generator().manual_seed(0))
+    assert hole.shape == (64, 1, 16, 16) and set(hole.unique().tolist()) <= {0.0, 1.0}
+    full = (hole.flatten(1).mean(1) == 1).float().mean()
+    assert 0.1 < full < 0.45 and (hole.flatten(1).sum(1) > 0).all()
+
+
+def test_world_vocabulary_covers_every_caption():
+    from ldmcli.tokenizers.words import WordsTokenizer
+    from ldmcli.train.data import world_vocabulary
+    from ldmcli.world import dataset
+    tok = WordsTokenizer(world_vocabulary(), 40)
+    for ex in dataset("train", 40, size=8, seed=5):
+        assert tok.unknown_words(ex["caption"]) == [] and len(tok.encode(ex["caption"])) <= 38
+
+
+# ---- losses decrease on a fixed batch ----------------------------------------------------------------------------
+def _fit(objective, batch, steps=25, lr=2e-3):
+    params = [p for p in objective.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = objective(dict(batch), torch.Generator().manual_seed(0), 0)   # same noise and t every step
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    return losses
+
+
+def test_autoencoder_loss_decreases():
+    from ldmcli.train.autoencoder_stage import build_autoencoder
+    from ldmcli.train.data import world_pool
+    rec = tiny_recipe()
+    torch.manual_seed(0)
+    _, objectives = build_autoencoder(rec.autoencoder, R.StageSettings(steps=1, batch_size=4, lr=1e-3))
+    pool = world_pool(16, 4, 0)
+    losses = _fit(objectives[0].module, pool.batch(torch.arange(4), "cpu"))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+
+
+@pytest.mark.parametrize("task, prediction", [(t, "eps") for t in R.LDM_TASKS] + [("txt2img", "v")])
+def test_ldm_loss_decreases(task, prediction):
+    from ldmcli.models.autoencoder import AutoencoderKL
+    from ldmcli.train.data import TASK_FIELDS, unconditional_layout, world_pool, world_vocabulary
+    from ldmcli.train.ldm_stage import DiffusionObjective, build_ldm, encode_pool
+    rec = tiny_recipe()
+    cfg = R.model_config(rec, task, world_vocabulary(), scale_factor=1.0).with_(parameterization=prediction)
+    torch.manual_seed(0)
+    model = build_ldm(cfg, AutoencoderKL(rec.autoencoder).state_dict())
+    pool = world_pool(16, 4, 0, TASK_FIELDS[task])
+    uncond = None
+    if task in ("txt2img", "inpaint"):
+        from ldmcli.tokenizers import tokenizer_for
+        tok = tokenizer_for(cfg.cond_stage)
+        pool.tensors["tokens"], uncond = tok(pool.captions), tok([""])
+    elif task == "layout2img":
+        uncond = torch.from_numpy(unconditional_layout())[None]
+    encode_pool(model, pool, "cpu")
+    objective = DiffusionObjective(model, 0.25, uncond)
+    losses = _fit(objective, pool.batch(torch.arange(4), "cpu"))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+# ---- the whole pipeline ------------------------------------------------------------------------------------------
+def _records(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_log_has_one_record_per_logged_step(full_run):
+    out, _ = full_run
+    records = _records(out / "train.jsonl")
+    for stage in R.TASKS:
+        mine = [r for r in records if r["stage"] == stage]
+        assert [r["step"] for r in mine] == list(range(1, STEPS + 1))
+        assert all(np.isfinite(r["loss"]) and r["lr"] > 0 and r["sec_per_step"] > 0 for r in mine)
+    ae = [r for r in records if r["stage"] == "autoencoder"]
+    assert ["disc_loss" in r for r in ae] == [False] * 3 + [True] * 3    # the discriminator starts at step 3
+
+
+def _state(out, stage):
+    return torch.load(str(Path(out) / stage / "state.pt"), weights_only=True)
+
+
+def _assert_same(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "txt2img"])
+def test_resume_continues_exactly(full_run, tmp_path, stage):
+    out, _ = full_run
+    if stage != "autoencoder":
+        train(TrainOptions(task="autoencoder", out=str(tmp_path), device="cpu", seed=3), Recorder(),
+              recipe=tiny_recipe())
+    with pytest.raises(KeyboardInterrupt):     # killed after step 5: the last checkpoint is step 3
+        train(TrainOptions(task=stage, out=str(tmp_path), device="cpu", seed=3), Recorder(stage, 5),
+              recipe=tiny_recipe())
+    assert _state(tmp_path, stage)["step"] == 3
+    with pytest.raises(UsageError, match="--resume"):
+        train(TrainOptions(task=stage, out=str(tmp_path), device="cpu", seed=3), Recorder(), recipe=tiny_recipe())
+    recorder = Recorder()
+    train(TrainOptions(task=stage, out=str(tmp_path), device="cpu", seed=3, resume=True), recorder,
+          recipe=tiny_recipe())
+    assert recorder.advances[stage] == [3, 1, 1, 1]                  # picked up at step 3, then steps 4-6
+    _assert_same(_state(tmp_path, stage), _state(out, stage), stage)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "sec_per_step")}  # noqa: E731
+                        for r in rs if r["stage"] == stage]
+    assert strip(_records(tmp_path / "train.jsonl")) == strip(_records(out / "train.jsonl"))
+
+
+def test_exports_load_and_sample_with_every_task(full_run):
+    from ldmcli.checkpoint import load_model, read_checkpoint
+    from ldmcli.layout import LayoutBox
+    from ldmcli.tasks.common import SamplerSettings
+    from ldmcli.tasks.inpaint import inpaint
+    from ldmcli.tasks.layout2img import layout2img
+    from ldmcli.tasks.semantic2img import semantic2img
+    from ldmcli.tasks.superres import superres
+    from ldmcli.tasks.txt2img import txt2img
+    out, written = full_run
+    one = SamplerSettings(steps=1)
+    image = Image.fromarray(np.full((16, 16, 3), 90, np.uint8))
+    hole = np.zeros((16, 16), np.float32)
+    hole[4:12, 4:12] = 1
+    seg = np.zeros((16, 16), np.int64)
+    seg[2:10, 2:10] = 3
+    run = {"txt2img": lambda m: txt2img(m, "a red circle on a blue background", seeds=[0], settings=one),
+           "inpaint": lambda m: inpaint(m, image, hole, "a green star", seeds=[0], settings=one),
+           "superres": lambda m: superres(m, image.resize((4, 4)), seeds=[0], settings=one),
+           "layout2img": lambda m: layout2img(m, [LayoutBox("red circle", (0.1, 0.1, 0.5, 0.5))], seeds=[0],
+                                              settings=one),
+           "semantic2img": lambda m: semantic2img(m, seg, seeds=[0], settings=one)}
+    for task in R.LDM_TASKS:
+        sd, meta = read_checkpoint(written[task])
+        assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
+        assert f"task={task} recipe=tiny steps={STEPS} seed=3 data=world" in meta["ldmcli_version"]
+        model, info = load_model(written[task])
+        assert model.cfg.task == task and model.cfg.scale_factor != 1.0
+        ema = _state(out, task)["objectives"][task]["ema"]["shadow"]
+        key = "model.diffusion_model.input_blocks.0.0.weight"
+        assert torch.equal(sd[key], ema["ldm." + key].half())                # the EMA weights are exported
+        images = run[task](model)
+        assert len(images) == 1 and images[0].size == (16, 16)
+
+
+def test_folder_data(tmp_path):
+    from ldmcli.checkpoint import load_model
+    from ldmcli.tokenizers.words import build_vocab
+    data = tmp_path / "images"
+    data.mkdir()
+    captions = ["A red square", "two BLUE dots", "a sunset"]
+    for i, text in enumerate(captions):
+        Image.fromarray(np.full((20 + i, 24, 3), 40 * i, np.uint8)).save(data / f"im{i}.png")
+        (data / f"im{i}.txt").write_text(text)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "nocaption.jpg")
+    opts = dict(out=str(tmp_path / "out"), data=str(data), device="cpu", steps=2)
+    written = train(TrainOptions(task="autoencoder", **opts), recipe=tiny_recipe())
+    written.update(train(TrainOptions(task="txt2img", **opts), recipe=tiny_recipe()))
+    model, _ = load_model(written["txt2img"])
+    assert model.cfg.cond_stage.vocab == build_vocab(captions) and model.cfg.cond_stage.max_seq_len == 77
+    with pytest.raises(UsageError, match="world"):
+        train(TrainOptions(task="layout2img", **opts), recipe=tiny_recipe())
+    with pytest.raises(UsageError, match="not a directory"):
+        train(TrainOptions(task="txt2img", **dict(opts, data=str(tmp_path / "missing"))), recipe=tiny_recipe())
+
+
+def test_ldm_stage_needs_the_autoencoder(tmp_path):
+    with pytest.raises(UsageError, match="autoencoder"):
+        train(TrainOptions(task="superres", out=str(tmp_path), device="cpu"), recipe=tiny_recipe())
+
+
+# ---- recipes and CLI ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", R.RECIPES)
+def test_recipe_exports_fit_in_50_mb(name):
+    from ldmcli.models.ldm import LatentDiffusion
+    from ldmcli.train.data import world_vocabulary
+    rec = R.recipe(name)
+    total = 0
+    for task in R.LDM_TASKS:
+        with torch.device("meta"):
+            model = LatentDiffusion(R.model_config(rec, task, world_vocabulary()))
+        total += sum(v.numel() for k, v in model.state_dict().items() if ".to_logits." not in k)
+    assert 2 * total < 50e6                                               # fp16: two bytes a value
+
+
+def test_cli_help_and_bad_task():
+    import typer
+    from typer.testing import CliRunner
+    from ldmcli.train.cli import train_command
+    app = typer.Typer()
+    app.command()(train_command)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    for option in ("--task", "--recipe", "--data", "--out", "--steps", "--batch-size", "--lr", "--seed", "--resume",
+                   "--device", "--log"):
+        assert option in result.output
+    assert runner.invoke(app, ["--task", "paint"]).exit_code == 2
+    assert runner.invoke(app, ["--recipe", "tpu"]).exit_code == 2
