@@ -98,7 +98,7 @@ def _target(out: str, n_images: int):
 # ----------------------------------------------------------------------------------------------------
 def run_task(task: str, positional: dict, opts: dict) -> int:
     from ldmcli.console import Console
-    from ldmcli.jobs import seed_for, shard
+    from ldmcli.jobs import fingerprint, seed_for, shard
     _load_task_modules()
     console = Console(quiet=bool(opts.get("quiet")))
     jobs = build_jobs(task, positional, opts)
@@ -106,6 +106,8 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
         _check_required(task, job)
     mode, target = _target(opts.get("out") or "outputs", sum(j.n_samples for j in jobs))
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    for job in jobs:
+        job.tag = fingerprint(task, job, opts)
     mine = shard(jobs, rank, world)
     todo = [(i, j) for i, j in mine if opts.get("overwrite") or mode == "stdout"
             or not all(_path(mode, target, i, j, k, seed_for(j, i, opts["seed"])).exists()
@@ -176,7 +178,7 @@ def _path(mode, target, index, job, k, seed) -> Path:
         return target
     if mode == "stdout":
         return Path("-")
-    return target / output_name(index, job.name, seed, k)
+    return target / output_name(index, job.name, seed, k, tag=job.tag)
 
 
 def _emit_existing(opts, mode, target, index, job, seed) -> None:

@@ -192,13 +192,14 @@ def load_model(path, *, config=None, use_ema: bool = True, prediction: Optional[
     """
     from ldmcli.detect import resolve_config
     from ldmcli.models.ldm import LatentDiffusion
+    from ldmcli.models.skeleton import meta_skeleton
 
     raw, meta = read_checkpoint(path)
     sd, ema_used = normalize(raw, use_ema)
     cfg = resolve_config(sd, path, meta, config, prediction)
     if "scale_factor" in sd and sd["scale_factor"].numel() == 1:
         cfg = cfg.with_(scale_factor=float(sd["scale_factor"]))  # lsun_churches stores a learned value
-    with torch.device("meta"):
+    with meta_skeleton():
         model = LatentDiffusion(cfg)
     info = LoadInfo(path=str(path), family=cfg.name, ema=ema_used, metadata=meta)
     _assign_components(model, sd, info)

@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from ldmcli.errors import EXIT_USAGE
+from ldmcli.errors import EXIT_INTERRUPTED, EXIT_USAGE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Latent Diffusion from the command line: txt2img, inpaint, superres, layout2img, "
@@ -68,14 +68,18 @@ def _run(task: str, positional: dict, opts: dict) -> None:
     raise typer.Exit(code)
 
 
-@app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
-          version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False):
-    _STATE["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    if value:                   # eager: runs while parsing, so `ldm --version` needs no command
         from ldmcli import __version__
         typer.echo(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+          version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                                callback=_print_version)] = False):
+    _STATE["debug"] = debug
 
 
 @app.command()
@@ -191,11 +195,63 @@ def replay(image: Annotated[str, typer.Argument(help="A PNG written by ldm.")],
     """Regenerate an image from the record in its metadata (same model, seed, settings)."""
     from ldmcli.batch import replay_opts
     from ldmcli.run import guarded
+    given = dict(locals())          # before the lambda: inside it, locals() would be the lambda's own (empty)
     holder = {}
-    code = guarded(lambda: holder.update(replay_opts(image, dict(locals()))), debug=_STATE["debug"])
+    code = guarded(lambda: holder.update(replay_opts(image, given)), debug=_STATE["debug"])
     if code:
         raise typer.Exit(code)
     _run(holder["task"], holder["positional"], holder["opts"])
+
+
+@app.command("eval")
+def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all, or tasks (repeatable or comma "
+                                                             "list): txt2img, inpaint, superres, layout2img, "
+                                                             "semantic2img.")] = None,
+          n: Annotated[int, typer.Option("--n", min=1, help="Eval examples per task.")] = 12,
+          samples: Annotated[int, typer.Option("--samples", min=1, help="Images per example (seeds in one "
+                                               "batch).")] = 4,
+          ckpt: Annotated[Optional[List[str]], typer.Option("--ckpt", help="TASK=PATH (repeatable): evaluate this "
+                                                            "checkpoint instead of the embedded default.")] = None,
+          steps: Steps = None, seed: Seed = 0, device: Device = "auto",
+          json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of the "
+                                             "table.")] = False,
+          save: Annotated[Optional[str], typer.Option("--save", help="Write the generated images (and each "
+                                                      "example's condition) under this folder.")] = None,
+          check: Annotated[bool, typer.Option("--check", help="Exit 1 when any target is missed.")] = False,
+          quiet: Quiet = False):
+    """Score the default models on the shapes world's held-out eval split against its exact ground truth."""
+    from ldmcli.run import guarded
+
+    def work() -> int:
+        import json as json_lib
+        import time
+        from contextlib import ExitStack
+        from ldmcli import evaluate as E
+        from ldmcli.console import Console
+        tasks = E.parse_tasks(task or ["all"])
+        overrides = E.parse_overrides(ckpt or [], tasks)
+        paths = E.resolve_checkpoints(tasks, overrides)
+        console, bars = Console(quiet=quiet), ExitStack()
+        state = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if done == 0:
+                bars.close()
+                state["advance"] = bars.enter_context(console.progress(total, f"eval {name}"))
+            else:
+                state["advance"]()
+        start = time.perf_counter()
+        with bars:
+            results = E.evaluate(tasks, n, {t: str(p) for t, p in paths.items()}, device, seed, steps, save,
+                                 progress, samples)
+        if json:
+            typer.echo(json_lib.dumps(E.json_report(results, ckpts={t: str(p) for t, p in paths.items()}, n=n,
+                                                    samples=samples, seed=seed, steps=steps,
+                                                    seconds=round(time.perf_counter() - start, 2))))
+        else:
+            typer.echo(E.format_table(results))
+        return 1 if check and not E.all_passed(results) else 0
+    raise typer.Exit(guarded(work, debug=_STATE["debug"]))
 
 
 @weights_app.command("list")
@@ -215,9 +271,50 @@ def weights_verify(name: Annotated[Optional[str], typer.Argument(help="One regis
     raise typer.Exit(guarded(lambda: run(name), debug=_STATE["debug"]))
 
 
+def _add_train() -> None:
+    from ldmcli.train.cli import train_command
+    app.command("train")(train_command)
+
+
+_add_train()
+
+
+def _usage_line(e) -> str:
+    """A Click usage error as one line: the message, then where help is (Click prints four lines)."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    where = f"{ctx.command_path} --help" if ctx is not None else "ldm --help"
+    return f"ldm: error: {message} (see '{where}')"
+
+
+def _click_errors(name: str) -> tuple:
+    """The Click exception class `name` as raised here: Typer ≥ 0.20 runs a vendored Click (typer._click), older
+    Typer the click package; both where both exist."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def main() -> None:
+    """The `ldm` entry point: Click runs without its own error printing, so every error is one stderr line."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except _click_errors("NoArgsIsHelpError") as e:   # plain `ldm`: the help, as Click would show it
+        sys.stdout.write(e.ctx.get_help() + "\n")
+        code = 0
+    except _click_errors("UsageError") as e:
+        sys.stderr.write(_usage_line(e) + "\n")
+        code = EXIT_USAGE
+    except _click_errors("Abort"):                   # Ctrl-C or EOF at a Click prompt
+        sys.stderr.write("ldm: interrupted\n")
+        code = EXIT_INTERRUPTED
+    except _click_errors("ClickException") as e:     # e.g. a file option that cannot be opened
+        sys.stderr.write(f"ldm: error: {' '.join(e.format_message().split())}\n")
+        code = e.exit_code
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
-        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)

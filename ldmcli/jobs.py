@@ -46,6 +46,7 @@ class Job:
     height: Optional[int] = None
     width: Optional[int] = None
     extra: dict = field(default_factory=dict)  # task-specific options, e.g. {"strength": 0.7}
+    tag: str = ""                   # set by the runner: `fingerprint` of the job, part of its output names
 
 
 def _text(value):
@@ -216,6 +217,24 @@ def shard(jobs: list[Job], rank: int, world: int) -> list[tuple[int, Job]]:
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"bad shard {rank} of {world}: need world >= 1 and 0 <= rank < world")
     return [(i, job) for i, job in enumerate(jobs) if i % world == rank]
+
+
+# options that never change the pixels (or, like the seed and the sample count, are in the file name already)
+_NOT_IN_FINGERPRINT = {"out", "quiet", "json", "overwrite", "from_file", "device", "seed", "n_samples", "debug"}
+
+
+def fingerprint(task: str, job: Job, opts: dict) -> str:
+    """Six hex digits of SHA-256 over what decides a job's pixels: the task, the job's fields (prompt, inputs,
+    steps, …) and the run's options (checkpoint, sampler, dtype, …). Outputs carry it in their names, so a
+    re-run recognises its own finished files (resume) and a different prompt into the same folder never mistakes
+    an earlier image for its own."""
+    import dataclasses
+    import hashlib
+    import json
+    fields = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("name", "n_samples", "seed", "tag")}
+    options = {k: v for k, v in sorted(opts.items()) if k not in _NOT_IN_FINGERPRINT and v is not None}
+    text = json.dumps([task, fields, options], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
 
 
 def seed_for(job: Job, index: int, base_seed: int) -> int:

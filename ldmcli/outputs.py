@@ -174,8 +174,12 @@ def safe_name(name: str, max_bytes: int = 100) -> str:
     return name.encode("utf-8")[:max_bytes].decode("utf-8", "ignore").rstrip("._-")
 
 
-def output_name(job_index: int, name: Optional[str], seed: int, sample_index: int, ext: str = "png") -> str:
-    """The file name of one sample, the same in every run and shard: `00042-s1234-0.png` (job index, seed,
-    sample), or `<name>-s1234-0.png` when the job has a name (sanitised by `safe_name`)."""
+def output_name(job_index: int, name: Optional[str], seed: int, sample_index: int, ext: str = "png",
+                tag: str = "") -> str:
+    """The file name of one sample, the same in every run and shard: `00042-1a2b3c-s1234-0.png` (job index, the
+    job's fingerprint `tag` (jobs.fingerprint), seed, sample), or `<name>-s1234-0.png` when the job has a name
+    (sanitised by `safe_name`; the user chose it, so it is kept as given)."""
     stem = safe_name(name) if name else ""
-    return f"{stem or f'{job_index:05d}'}-s{seed}-{sample_index}.{ext}"
+    if not stem:
+        stem = f"{job_index:05d}-{tag}" if tag else f"{job_index:05d}"
+    return f"{stem}-s{seed}-{sample_index}.{ext}"

@@ -52,6 +52,16 @@ def test_txt2img_seed_reproduces_and_resume_skips(tmp_path, sd1_file):
     assert Image.open(pa).tobytes() == Image.open(pb).tobytes()
     r3 = ldm("txt2img", "x", "--ckpt", sd1_file, "--steps", 2, "--seed", 3, "-o", a, "--json")
     assert r3.exit_code == 0 and json.loads(r3.stdout)["skipped"] is True
+    assert json.loads(r3.stdout)["path"] == pa
+
+
+def test_another_prompt_into_the_same_folder_is_not_mistaken_for_done(tmp_path, sd1_file):
+    """Output names carry the job's fingerprint: a second prompt with the same seed makes its own file."""
+    r1 = ldm("txt2img", "a red circle", "--ckpt", sd1_file, "--steps", 2, "--seed", 3, "-o", tmp_path, "-q")
+    r2 = ldm("txt2img", "a blue star", "--ckpt", sd1_file, "--steps", 2, "--seed", 3, "-o", tmp_path, "-q")
+    p1, p2 = r1.stdout.strip(), r2.stdout.strip()
+    assert p1 != p2 and len(list(tmp_path.glob("*.png"))) == 2
+    assert json.loads(Image.open(p2).info["ldmcli"])["prompt"] == "a blue star"
 
 
 TINY_SD2_YAML = """

@@ -22,7 +22,7 @@ def write(tmp_path, text, name="jobs.txt"):
 
 
 def test_every_job_field_is_checked():
-    assert set(jobs._CHECKS) == {f.name for f in dataclasses.fields(Job)}
+    assert set(jobs._CHECKS) == {f.name for f in dataclasses.fields(Job)} - {"tag"}   # tag: set by the runner
 
 
 def test_plain_text(tmp_path):
@@ -174,3 +174,16 @@ _keys = st.sampled_from(sorted(jobs._CHECKS) + ["promt", "", "extra "]) | st.tex
 @given(st.lists(st.dictionaries(_keys, _json_values, max_size=6), min_size=1, max_size=4))
 def test_fuzz_jsonl(objects):
     _read_bytes("\n".join(json.dumps(obj) for obj in objects).encode())
+
+
+def test_fingerprint_follows_what_decides_the_pixels():
+    base = jobs.fingerprint("txt2img", Job(prompt="a red circle"), {"ckpt": "m.safetensors", "out": "a"})
+    assert len(base) == 6 and all(c in "0123456789abcdef" for c in base)
+    same = [jobs.fingerprint("txt2img", Job(prompt="a red circle", seed=9, name="x", n_samples=4),
+                             {"ckpt": "m.safetensors", "out": "b", "quiet": True, "json": True, "device": "cpu"})]
+    assert same == [base]                           # seed/samples/name are in the file name; output options no
+    for other in (jobs.fingerprint("txt2img", Job(prompt="a blue circle"), {"ckpt": "m.safetensors"}),
+                  jobs.fingerprint("txt2img", Job(prompt="a red circle", steps=3), {"ckpt": "m.safetensors"}),
+                  jobs.fingerprint("txt2img", Job(prompt="a red circle"), {"ckpt": "n.safetensors"}),
+                  jobs.fingerprint("inpaint", Job(prompt="a red circle"), {"ckpt": "m.safetensors"})):
+        assert other != base

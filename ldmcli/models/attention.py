@@ -160,6 +160,7 @@ class AttentionBlock(nn.Module):
         x = x.reshape(b, c, -1)                                          # (b, c, T)
         qkv = self.qkv(self.norm(x))                                     # (b, 3c, T)
         qkv = qkv.reshape(b, self.num_heads, 3, c // self.num_heads, -1)  # (b, H, [q|k|v], ch, T)
-        q, k, v = qkv.transpose(-1, -2).unbind(2)                        # each (b, H, T, ch)
+        # each (b, H, T, ch), contiguous: SDPA's fused kernels need a unit-stride last dim (else math path, T×T)
+        q, k, v = (t.contiguous() for t in qkv.transpose(-1, -2).unbind(2))
         h = attention(q, k, v).transpose(-1, -2).reshape(b, c, -1)       # (b, H·ch, T)
         return (x + self.proj_out(h)).reshape(b, c, *spatial)

@@ -69,8 +69,10 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         h = self.norm(x)
-        # [b, c, h, w] -> [b, 1 head, h·w tokens, c]
-        q, k, v = (proj(h).reshape(b, 1, c, height * width).transpose(-1, -2) for proj in (self.q, self.k, self.v))
+        # [b, c, h, w] -> [b, 1 head, h·w tokens, c]; contiguous, because SDPA's fused (flash / memory-efficient)
+        # kernels need a unit-stride last dim and would otherwise fall back to the math path with N×N scores
+        q, k, v = (proj(h).reshape(b, 1, c, height * width).transpose(-1, -2).contiguous()
+                   for proj in (self.q, self.k, self.v))
         h = F.scaled_dot_product_attention(q, k, v)  # default scale c^-0.5, as the reference
         h = h.transpose(-1, -2).reshape(b, c, height, width)
         return x + self.proj_out(h)

@@ -202,7 +202,6 @@ def job_option(job, name: str, default, kind: type):
 
 # -- memory: refuse what cannot fit before sampling starts ------------------------------------------------------
 MAX_SIDE = 16384        # px: the hard cap on a requested side, whatever the memory
-_SCORE_BYTES = 10       # per N×N attention score on SDPA's math path: float32 scores, softmax, temporaries (measured)
 _IMAGE_BYTES = 48       # per output pixel: the float32 RGB image and its copies on the way to uint8
 
 
@@ -215,11 +214,10 @@ def unet_bytes(cfg, h: int, w: int, batch: int, itemsize: int) -> int:
     - work_l = itemsize·α·C_l·N_l, the level being computed: α = 24 where it attends (the SpatialTransformer's
       GEGLU feed-forward holds its 8C projection, 4C gelu(gate) and 4C product beside the block input, residual
       and float32 GroupNorm copy), 12 elsewhere (a ResBlock on cat(h, skip)). SDPA's fused kernels (flash /
-      memory-efficient on CUDA, flash on CPU) never form the N×N scores, so attention is linear in N; ADM
-      AttentionBlocks hand SDPA transposed q/k/v, which sends it down the math path: + heads·N²·_SCORE_BYTES.
+      memory-efficient on CUDA, flash on CPU) never form the N×N scores, so attention is linear in N (the ADM
+      AttentionBlock hands SDPA contiguous q/k/v for that reason; its copies fit inside α).
     Measured on CPU (float32/bfloat16, peak RSS): within 20 % for latents of 64–192 cells.
     """
-    from ldmcli.models.unet import attention_heads
     mult, mc = cfg.channel_mult, cfg.model_channels
     n = [h * w / 4 ** lvl for lvl in range(len(mult))]
     skips = mc * n[0] + sum(cfg.num_res_blocks * m * mc * n[lvl] for lvl, m in enumerate(mult)) \
@@ -227,31 +225,25 @@ def unet_bytes(cfg, h: int, w: int, batch: int, itemsize: int) -> int:
     work = 0.0
     for lvl, m in enumerate(mult):
         attends = 2 ** lvl in cfg.attention_resolutions or lvl == len(mult) - 1   # the middle block always attends
-        level = (24 if attends else 12) * itemsize * m * mc * n[lvl]
-        if attends and not cfg.use_spatial_transformer:
-            heads, d_head = attention_heads(cfg, m * mc)
-            level += _SCORE_BYTES * (heads if d_head == -1 else m * mc // d_head) * n[lvl] ** 2
-        work = max(work, level)
+        work = max(work, (24 if attends else 12) * itemsize * m * mc * n[lvl])
     return int(batch * (itemsize * skips + work))
 
 
 def decoder_bytes(cfg, h: int, w: int, batch: int, itemsize: int) -> int:
     """Peak activation memory of the first-stage decoder on a [batch, z, h, w] latent (image buffers excluded):
 
-        bytes ≈ batch·max(max_i C_in,i·P_i·(2·itemsize + 6),  _SCORE_BYTES·N_attn²)
+        bytes ≈ batch·max_i C_in,i·P_i·(2·itemsize + 6)
     P_i = h·w·4^(L−1−i) pixels at decoder level i, entered by C_in,i channels (the level below, upsampled): the
     upsampled input and its conv output in the model dtype, and the ResnetBlock's float32 GroupNorm copy (fitted
-    to CPU peak-RSS measurements). The decoder's AttnBlock hands SDPA transposed q/k/v (last-dim stride ≠ 1),
-    so SDPA takes its math path with N×N scores: N_attn = h·w at the middle block (more where attn_resolutions
-    puts attention higher up). This quadratic term dominates from about 2048² px on.
+    to CPU peak-RSS measurements). The AttnBlock gives SDPA contiguous q/k/v, so its fused kernels run without
+    N×N scores (measured on CPU: a 512-channel block on 128² = 16384 tokens peaks at +236 MB, where the scores
+    alone would take 1 GiB); its q/k/v copies are smaller than a conv level's buffers.
     """
     widths = [cfg.ch * m for m in cfg.ch_mult]
     top = len(widths) - 1
     pixels = [h * w * 4 ** (top - i) for i in range(top + 1)]
     conv = max(widths[min(i + 1, top)] * pixels[i] for i in range(top + 1)) * (2 * itemsize + 6)
-    attended = [h * w] + [pixels[i] for i in range(top + 1) if cfg.resolution // 2 ** i in cfg.attn_resolutions]
-    attn = _SCORE_BYTES * max(attended) ** 2 if cfg.attn_type != "none" else 0
-    return int(batch * max(conv, attn))
+    return int(batch * conv)
 
 
 def _read_int(path: str) -> Optional[int]:
