@@ -23,8 +23,10 @@ test-all:
 bench:
 	$(BIN)/python -m benchmarks.bench
 
+# The embedded defaults: the cpu recipe from seed 0 (about an hour on two cores), then installed into weights/.
 weights:
-	$(BIN)/python -m ldmcli.train.recipe --out weights
+	$(BIN)/ldm train --recipe cpu --seed 0 --out runs/default
+	$(BIN)/python -m ldmcli.train.install runs/default weights
 
 eval:
 	$(BIN)/ldm eval

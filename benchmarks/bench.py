@@ -142,7 +142,8 @@ def unet_flops_per_image_step(model, cond, uncond) -> float:
 def bench_config(name, cfg, args, device, dtype):
     model, unet, vae = build(cfg, device, dtype)
     if args.compile:
-        model.model.diffusion_model = torch.compile(model.model.diffusion_model)
+        from ldmcli.compiling import compile_unet
+        compile_unet(model)                                      # what `ldm ... --compile` does
     peers = {"diffusers": unet}
     if args.diffusers_compile:
         peers["diffusers_compiled"] = torch.compile(unet)

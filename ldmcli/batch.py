@@ -165,6 +165,10 @@ def _load_model(task, opts, console, rank):
                        dtype=opts.get("dtype") or "auto", use_ema=not opts.get("no_ema"),
                        prediction=opts.get("prediction"), vocab=opts.get("vocab"))
     model.load_info = info
+    if opts.get("compile"):
+        from ldmcli.compiling import compile_unet
+        where = compile_unet(model)
+        console.log(f"compiling the UNet with torch.compile on its first step (cache: {where})")
     console.log(f"loaded {info.family} from {Path(info.path).name} in {time.perf_counter() - t0:.2f}s "
                 f"({'EMA' if info.ema else 'plain'} weights, {model.device}, {str(model.dtype)[6:]})")
     if info.unexpected:

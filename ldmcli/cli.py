@@ -55,6 +55,9 @@ Vocab = Annotated[Optional[str], typer.Option("--vocab", help="Tokenizer vocabul
 Height = Annotated[Optional[int], typer.Option("--height", "-H", help="Image height in pixels.")]
 Width = Annotated[Optional[int], typer.Option("--width", "-W", help="Image width in pixels.")]
 NegPrompt = Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG uncond).")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the first step of a run pays the "
+                                       "compilation (cached across runs in ~/.cache/ldmcli/inductor); pays off "
+                                       "on GPUs and long batches.")]
 
 
 def _common(**kw) -> dict:
@@ -90,7 +93,7 @@ def txt2img(prompt: Annotated[Optional[str], typer.Argument(help="What to draw."
             width: Width = None, device: Device = "auto", dtype: Dtype = "auto", out: Out = "outputs",
             no_ema: NoEma = False, prediction: Prediction = None, from_file: FromFile = None, json: Json = False,
             quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
-            vocab: Vocab = None):
+            vocab: Vocab = None, compile: Compile = False):
     """Generate images from a text prompt."""
     _run("txt2img", {"prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width},
          locals())
@@ -107,7 +110,7 @@ def inpaint(image: Annotated[Optional[str], typer.Argument(help="Image to edit (
             seed: Seed = 0, n_samples: NSamples = 1, batch_size: BatchSize = 4, device: Device = "auto",
             dtype: Dtype = "auto", out: Out = "outputs", no_ema: NoEma = False, prediction: Prediction = None,
             from_file: FromFile = None, json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False,
-            noise_device: NoiseDevice = None, vocab: Vocab = None):
+            noise_device: NoiseDevice = None, vocab: Vocab = None, compile: Compile = False):
     """Repaint the masked part of an image; pixels outside the mask stay unchanged."""
     _run("inpaint", {"image": image, "mask": mask, "prompt": prompt or "", "negative_prompt": negative_prompt,
                      "mask_blur": mask_blur or None, "invert_mask": invert_mask or None}, locals())
@@ -128,7 +131,7 @@ def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution
              n_samples: NSamples = 1, batch_size: BatchSize = 1, device: Device = "auto", dtype: Dtype = "auto",
              out: Out = "outputs", no_ema: NoEma = False, prediction: Prediction = None, from_file: FromFile = None,
              json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
-             vocab: Vocab = None):
+             vocab: Vocab = None, compile: Compile = False):
     """Upscale an image 4x (overlapping latent tiles for large inputs). --guidance sets CFG here, since --scale is
     the upscaling factor."""
     opts = dict(locals(), scale=guidance)
@@ -148,7 +151,8 @@ def layout2img(layout: Annotated[Optional[str], typer.Argument(help="Layout JSON
                scale: Scale = None, eta: Eta = None, karras: Karras = False, seed: Seed = 0,
                n_samples: NSamples = 1, batch_size: BatchSize = 4, device: Device = "auto", dtype: Dtype = "auto",
                out: Out = "outputs", no_ema: NoEma = False, from_file: FromFile = None, json: Json = False,
-               quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None):
+               quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
+               compile: Compile = False):
     """Draw objects inside the given boxes."""
     if list_labels:
         _labels("layout2img", locals())
@@ -161,16 +165,22 @@ def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentat
                  palette: Annotated[Optional[str], typer.Option("--palette", help="Colour -> label file (JSON "
                                                                 "or 'id r g b' lines).")] = None,
                  list_labels: Annotated[bool, typer.Option("--list-labels", help="Print the class names.")] = False,
+                 tile_size: Annotated[Optional[int], typer.Option("--tile-size", help="Latent tile size (default: "
+                                                                  "one pass, or native tiles when it would not "
+                                                                  "fit in memory).")] = None,
+                 tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Latent tile "
+                                                                     "overlap.")] = None,
                  ckpt: Ckpt = None, config: Config = None, steps: Steps = None, sampler: Sampler = "ddim",
                  scale: Scale = None, eta: Eta = None, karras: Karras = False, seed: Seed = 0,
                  n_samples: NSamples = 1, batch_size: BatchSize = 2, device: Device = "auto",
                  dtype: Dtype = "auto", out: Out = "outputs", no_ema: NoEma = False, from_file: FromFile = None,
                  json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False,
-                 noise_device: NoiseDevice = None):
+                 noise_device: NoiseDevice = None, compile: Compile = False):
     """Paint an image that follows a semantic segmentation map (any size: the model runs convolutionally)."""
     if list_labels:
         _labels("semantic2img", locals())
-    _run("semantic2img", {"segmap": segmap, "palette": palette}, locals())
+    _run("semantic2img", {"segmap": segmap, "palette": palette, "tile_size": tile_size,
+                          "tile_overlap": tile_overlap}, locals())
 
 
 def _labels(task: str, opts: dict) -> None:
@@ -206,7 +216,8 @@ def replay(image: Annotated[str, typer.Argument(help="A PNG written by ldm.")],
 @app.command("eval")
 def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all, or tasks (repeatable or comma "
                                                              "list): txt2img, inpaint, superres, layout2img, "
-                                                             "semantic2img.")] = None,
+                                                             "semantic2img, autoencoder (the first stage's "
+                                                             "reconstructions: the ceiling).")] = None,
           n: Annotated[int, typer.Option("--n", min=1, help="Eval examples per task.")] = 12,
           samples: Annotated[int, typer.Option("--samples", min=1, help="Images per example (seeds in one "
                                                "batch).")] = 4,

@@ -14,6 +14,11 @@ user gets, paste-back included), every image scored on its own:
   layout2img    the scene's boxes and "red circle" labels; IoU of the best-overlapping object read back, label
   semantic2img  the scene's class map; pixel accuracy and mIoU of the class map read back
 
+  autoencoder   no sampling: the exact renders of n eval scenes through the first stage (encode, decode) and read
+                back like the generated images — PSNR, colour / shape / position accuracy, object-pixel accuracy of
+                the class map. No target: it is the ceiling of every score above, since no LDM draws a shape its
+                autoencoder cannot reconstruct. Uses the txt2img model's first stage (all defaults share one).
+
 Images have the model's own size (`cfg.image_size`: latent size x the first stage's factor). The pass/fail
 targets are `TARGETS`; `check` applies them.
 """
@@ -30,6 +35,7 @@ import numpy as np
 from ldmcli.errors import UsageError
 
 TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
+CEILING = "autoencoder"   # the first-stage ceiling, evaluated with "all" (see the module docstring)
 DEFAULT_N = 12      # examples per task: the five tasks take about a minute on two CPU cores with the cpu recipe
 SAMPLES = 4         # seeds per example, sampled in one batch
 
@@ -61,11 +67,11 @@ def parse_tasks(tasks: Sequence[str]) -> tuple:
     """Task names from a list whose items may be comma lists or "all"; in the order of `TASKS`."""
     wanted = {t.strip() for item in tasks for t in str(item).split(",") if t.strip()}
     if not wanted or "all" in wanted:
-        return TASKS
-    unknown = sorted(wanted - set(TASKS))
+        return TASKS + (CEILING,)
+    unknown = sorted(wanted - set(TASKS) - {CEILING})
     if unknown:
-        raise UsageError(f"unknown task {unknown[0]!r}; choose all or some of {', '.join(TASKS)}")
-    return tuple(t for t in TASKS if t in wanted)
+        raise UsageError(f"unknown task {unknown[0]!r}; choose all or some of {', '.join(TASKS + (CEILING,))}")
+    return tuple(t for t in TASKS + (CEILING,) if t in wanted)
 
 
 def parse_overrides(items: Sequence[str], tasks: Sequence[str]) -> Dict[str, str]:
@@ -87,19 +93,20 @@ def resolve_checkpoints(tasks: Sequence[str], ckpts: Optional[Dict[str, str]] = 
     from ldmcli.run import resolve_ckpt
     from ldmcli.weights import WEIGHTS_DIR, default_path
     ckpts = dict(ckpts or {})
-    unknown = sorted(set(ckpts) - set(TASKS))
+    unknown = sorted(set(ckpts) - set(TASKS) - {CEILING})
     if unknown:
-        raise UsageError(f"--ckpt for unknown task {unknown[0]!r}; tasks are {', '.join(TASKS)}")
+        raise UsageError(f"--ckpt for unknown task {unknown[0]!r}; tasks are {', '.join(TASKS + (CEILING,))}")
     out = {}
     for task in tasks:
-        if ckpts.get(task):
-            out[task] = resolve_ckpt(ckpts[task], task)
+        source = "txt2img" if task == CEILING and not ckpts.get(CEILING) else task  # the ceiling: txt2img's AE
+        if ckpts.get(source):
+            out[task] = resolve_ckpt(ckpts[source], source)
             continue
         try:
-            out[task] = default_path(task)
+            out[task] = default_path(source)
         except UsageError:
-            raise UsageError(f"no embedded default model for {task} in {WEIGHTS_DIR}; train one (ldm train) or "
-                             f"pass --ckpt {task}=PATH") from None
+            raise UsageError(f"no embedded default model for {source} in {WEIGHTS_DIR}; train one (ldm train) or "
+                             f"pass --ckpt {source}=PATH") from None
     return out
 
 
@@ -229,7 +236,36 @@ def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: O
     return out | {"n_examples": float(len(examples)), "seconds": time.perf_counter() - start}
 
 
-def evaluate(tasks: Sequence[str] = TASKS, n: int = DEFAULT_N, ckpts: Optional[Dict[str, str]] = None,
+def autoencoder_ceiling(model, n: int = DEFAULT_N, progress: Optional[Progress] = None,
+                        chunk: int = 16) -> Dict[str, float]:
+    """The read-back scores of the first stage's reconstructions of the exact renders of n eval scenes (mode of
+    the posterior; see the module docstring). Adds n_images and seconds."""
+    import torch
+    from PIL import Image
+    from ldmcli.world import metrics as M
+    start = time.perf_counter()
+    examples = eval_examples("semantic2img", n, model.cfg.image_size)
+    if progress:
+        progress(CEILING, 0, len(examples))
+    exact, rebuilt = [ex["image"].convert("RGB") for ex in examples], []
+    for i in range(0, len(exact), chunk):
+        x = torch.stack([torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) for im in exact[i:i + chunk]])
+        with torch.inference_mode():
+            y = model.decode_first_stage(model.encode_first_stage((x / 127.5 - 1).to(model.device), sample=False))
+        y = ((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        rebuilt += [Image.fromarray(a) for a in y]
+        if progress:
+            for done in range(len(rebuilt) - len(y) + 1, len(rebuilt) + 1):
+                progress(CEILING, done, len(examples))
+    t2i = M.txt2img_metrics([ex["scene"] for ex in examples], rebuilt)
+    sem = M.semantic2img_metrics([ex["class_map"] for ex in examples], rebuilt)
+    psnr = float(np.mean([min(M.psnr(a, b), M.PSNR_CAP) for a, b in zip(rebuilt, exact)]))
+    return {"psnr": psnr, "colour_acc": t2i["colour_acc"], "shape_acc": t2i["shape_acc"],
+            "position_acc": t2i["position_acc"], "object_pixel_acc": sem["object_pixel_acc"],
+            "n_images": float(len(examples)), "seconds": time.perf_counter() - start}
+
+
+def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optional[Dict[str, str]] = None,
              device: str = "cpu", seed: int = 0, steps: Optional[int] = None, save_dir=None,
              progress: Optional[Progress] = None, samples: int = SAMPLES) -> Dict[str, Dict[str, float]]:
     """{task: {metric: value}} for each task's model: `ckpts[task]` (a path or registry name) or the embedded
@@ -239,8 +275,12 @@ def evaluate(tasks: Sequence[str] = TASKS, n: int = DEFAULT_N, ckpts: Optional[D
     paths = resolve_checkpoints(tasks, ckpts)
     results = {}
     for task in tasks:
-        model, _ = load(str(paths[task]), task=task, device=device)
-        results[task] = evaluate_model(task, model, n, seed, steps, samples, save_dir, progress)
+        if task == CEILING:
+            model, _ = load(str(paths[task]), device=device)
+            results[task] = autoencoder_ceiling(model, n, progress)
+        else:
+            model, _ = load(str(paths[task]), task=task, device=device)
+            results[task] = evaluate_model(task, model, n, seed, steps, samples, save_dir, progress)
         del model
     return results
 

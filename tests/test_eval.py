@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ldmcli import evaluate as E
+from ldmcli.world import metrics as M
 from ldmcli.cli import app
 from ldmcli.errors import UsageError
 from ldmcli.world.scenes import parse_caption, split_of
@@ -94,7 +95,8 @@ def test_targets_and_checks():
     report = E.json_report({"layout2img": {"iou": float("nan"), "label_acc": 0.5}}, n=1)
     assert json.loads(json.dumps(report))["results"]["layout2img"]["iou"] is None and report["all_pass"] is False
     assert E.parse_tasks(["txt2img,superres", "inpaint"]) == ("txt2img", "inpaint", "superres")
-    assert E.parse_tasks(["all"]) == E.TASKS
+    assert E.parse_tasks(["all"]) == E.TASKS + (E.CEILING,)
+    assert E.parse_tasks(["autoencoder"]) == (E.CEILING,)
     with pytest.raises(UsageError, match="unknown task"):
         E.parse_tasks(["txt2image"])
     assert E.parse_overrides(["a.safetensors"], ("superres",)) == {"superres": "a.safetensors"}
@@ -129,8 +131,10 @@ def test_evaluate_runs_on_tiny_models_and_random_weights_score_low(tiny_ckpts, t
     seen = []
     results = E.evaluate(n=3, ckpts=tiny_ckpts, steps=2, samples=2, save_dir=tmp_path,
                          progress=lambda task, done, total: seen.append((task, done, total)))
-    assert list(results) == list(E.TASKS)
-    assert seen == [(t, d, 3) for t in E.TASKS for d in range(4)]
+    assert list(results) == list(E.TASKS) + [E.CEILING]
+    assert seen == [(t, d, 3) for t in E.TASKS + (E.CEILING,) for d in range(4)]
+    ceiling = results.pop(E.CEILING)
+    assert ceiling["n_images"] == 3 and 0 <= ceiling["shape_acc"] <= 1 and 0 < ceiling["psnr"] < 100
     for task, metrics in results.items():
         assert set(E.TARGETS[task]) <= set(metrics) and metrics["n_examples"] == 3 and metrics["seconds"] > 0
         for name, value in metrics.items():
@@ -147,6 +151,20 @@ def test_evaluate_runs_on_tiny_models_and_random_weights_score_low(tiny_ckpts, t
     again = E.evaluate(("layout2img",), n=3, ckpts=tiny_ckpts, steps=2, samples=2)
     assert {k: v for k, v in again["layout2img"].items() if k != "seconds"} == \
         {k: v for k, v in results["layout2img"].items() if k != "seconds"}                  # seeded
+
+
+def test_autoencoder_ceiling_of_a_lossless_first_stage_is_perfect(tiny_ckpts, monkeypatch):
+    """With encode/decode made lossless the ceiling reads the exact renders: every score at its best."""
+    from ldmcli.models.ldm import LatentDiffusion
+    monkeypatch.setattr(LatentDiffusion, "encode_first_stage", lambda self, x, sample=True: x)
+    monkeypatch.setattr(LatentDiffusion, "decode_first_stage", lambda self, z: z)
+    got = E.evaluate((E.CEILING,), n=6, ckpts={"txt2img": tiny_ckpts["txt2img"]})[E.CEILING]
+    exs = E.eval_examples("semantic2img", 6, 16)                               # the tiny models' size
+    exact = M.txt2img_metrics([ex["scene"] for ex in exs], [ex["image"] for ex in exs])
+    assert got["psnr"] == M.PSNR_CAP
+    assert all(got[k] == exact[k] for k in ("colour_acc", "shape_acc", "position_acc"))
+    assert got["object_pixel_acc"] == M.semantic2img_metrics([ex["class_map"] for ex in exs],
+                                                             [ex["image"] for ex in exs])["object_pixel_acc"]
 
 
 def test_evaluate_refuses_a_model_of_another_task(tiny_ckpts):

@@ -191,6 +191,29 @@ def test_large_map_full_size_and_tiled(models):
     assert np.array_equal(np.asarray(full), np.asarray(one))
 
 
+def test_tiles_by_itself_when_one_pass_would_not_fit(models, monkeypatch):
+    """With no tile option, a map whose one-pass UNet activations exceed the device's memory runs in native tiles
+    (the result equals an explicit native tiling), instead of being refused."""
+    import ldmcli.tasks.common as common
+    public, _ = models
+    seg = _map(32, 64, 182, seed=2)
+    real = common.unet_bytes       # x1000: the UNet dominates memory, as in a full-size model (the tiny VAE here)
+    monkeypatch.setattr(common, "unet_bytes", lambda *a, **k: 1000 * real(*a, **k))
+    whole = common.unet_bytes(public.cfg.unet, 8, 16, 1, public.dtype.itemsize)
+    tile = common.unet_bytes(public.cfg.unet, 8, 8, 1, public.dtype.itemsize)
+    assert tile < whole
+    explicit = semantic2img(public, seg, seeds=[0], settings=FAST, tile_size=8)[0]
+    monkeypatch.setattr(common, "available_memory", lambda device: ((tile + whole) // 2, "test device"))
+    shapes = []
+    public.model.diffusion_model.register_forward_pre_hook(lambda mod, args: shapes.append(tuple(args[0].shape)))
+    try:
+        auto = semantic2img(public, seg, seeds=[0], settings=FAST)[0]
+    finally:
+        public.model.diffusion_model._forward_pre_hooks.clear()
+    assert set(shapes) == {(1, 6, 8, 8)}
+    assert np.array_equal(np.asarray(auto), np.asarray(explicit))
+
+
 def test_bad_task_inputs(models):
     public, _ = models
     with pytest.raises(InputError, match=r"class id\(s\) 182, 200 outside 0-181"):
@@ -235,6 +258,21 @@ def test_cli_index_map(files, tmp_path):
     assert r.exit_code == 0, r.stderr
     paths = r.stdout.split()
     assert len(paths) == 2 and all(Image.open(p).size == (28, 20) for p in paths)
+
+
+def test_cli_tile_options(files, tmp_path):
+    Image.fromarray(_map(32, 64, 182, seed=2).astype(np.uint8), mode="L").save(tmp_path / "m.png")
+    runs = {}
+    for name, extra in (("full", []), ("tiled", ["--tile-size", 8, "--tile-overlap", 4])):
+        r = ldm("semantic2img", tmp_path / "m.png", "--ckpt", files["tiny-semantic2img"], "--steps", 2,
+                "-o", tmp_path / f"{name}.png", "-q", *extra)
+        assert r.exit_code == 0, r.stderr
+        runs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert runs["full"].shape == runs["tiled"].shape == (32, 64, 3)
+    assert not np.array_equal(runs["full"], runs["tiled"])
+    bad = ldm("semantic2img", tmp_path / "m.png", "--ckpt", files["tiny-semantic2img"], "--tile-size", 1,
+              "-o", tmp_path / "bad.png", "-q")
+    assert bad.exit_code == 2 and "tile size" in bad.stderr and not (tmp_path / "bad.png").exists()
 
 
 def test_cli_colour_map_with_palette(files, tmp_path):

@@ -297,3 +297,35 @@ def test_cli_help_and_bad_task():
         assert option in result.output
     assert runner.invoke(app, ["--task", "paint"]).exit_code == 2
     assert runner.invoke(app, ["--recipe", "tpu"]).exit_code == 2
+
+
+def test_mse_term_weights_pixels_by_their_error():
+    """reconstruction_loss's MSE term: added with its weight, and (unlike L1, whose gradient is the same on every
+    pixel) it pushes hardest where the error is largest: a missing object outweighs texture noise."""
+    from ldmcli.train.losses import reconstruction_loss
+    x = torch.zeros(1, 3, 8, 8)
+    rec = torch.full_like(x, 0.05)                      # small error everywhere (texture noise)
+    rec[..., 2:4, 2:4] = 1.0                            # large error on a 2x2 "object"
+    base, m0 = reconstruction_loss(x, rec, 0.5)
+    both, m1 = reconstruction_loss(x, rec, 0.5, mse_weight=5.0)
+    assert "mse" not in m0 and torch.isclose(both, base + 5.0 * (x - rec).pow(2).mean())
+    grads = {}
+    for w in (0.0, 5.0):
+        r = rec.clone().requires_grad_(True)
+        reconstruction_loss(x, r, 0.0, mse_weight=w)[0].backward()
+        grads[w] = r.grad[0, 0]
+    assert torch.isclose(grads[0.0][2, 2], grads[0.0][6, 6])                  # L1: equal push
+    assert grads[5.0][2, 2] > 5 * grads[5.0][6, 6]                            # L1 + MSE: the object dominates
+
+
+def test_layout_coordinate_tokens_start_smooth_and_classes_random():
+    from ldmcli.layout import coordinate_token
+    from ldmcli.train.ldm_stage import coordinate_init_
+    torch.manual_seed(0)
+    w = torch.randn(8192, 64)
+    before = w.clone()
+    coordinate_init_(w, n_classes=72)
+    assert torch.equal(w[:72], before[:72]) and torch.equal(w[8100:], before[8100:])   # classes and padding
+    a, near, far = (w[coordinate_token(x, y, 90)] for x, y in ((0.5, 0.5), (0.52, 0.5), (0.9, 0.1)))
+    assert (a - near).norm() < 0.5 * (a - far).norm()
+    assert 0.8 < w[72:8100].pow(2).mean().sqrt().item() < 1.2                      # same scale as N(0, 1)

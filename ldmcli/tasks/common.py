@@ -290,6 +290,13 @@ def _decode_fits(model, z: torch.Tensor) -> bool:
     return have is None or need <= have[0]
 
 
+def unet_fits(model, h: int, w: int, batch: int, guided: bool = False) -> bool:
+    """Whether the UNet activations of `batch` latents of h×w cells fit in the device's memory (True when unknown)."""
+    have = available_memory(model.device)
+    need = unet_bytes(model.cfg.unet, h, w, batch * (2 if guided else 1), model.dtype.itemsize)
+    return have is None or need <= have[0]
+
+
 def check_memory(model, h: int, w: int, batch: int, guided: bool = True) -> None:
     """Refuse (UsageError) sampling `batch` latents of h×w cells when the estimated peak memory exceeds what the
     device has: max(UNet activations, first-stage decode), the decode counted by tiles of the native latent size

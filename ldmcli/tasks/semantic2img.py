@@ -22,7 +22,8 @@ from ldmcli.config import SpatialRescalerConfig
 from ldmcli.data import COCOSTUFF, read_label_file
 from ldmcli.errors import UsageError
 from ldmcli.segmap import check_class_ids, one_hot, read_palette, read_segmap
-from ldmcli.tasks.common import Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple, sample_latents
+from ldmcli.tasks.common import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple, sample_latents,
+                                 unet_fits)
 from ldmcli.tasks.tiled import decode_images, plan_tiling, tiled
 
 _NO_NAMES = ("MODELS.md does not list the COCO-Stuff class names of the semantic-synthesis checkpoints "
@@ -64,8 +65,9 @@ def semantic2img(model, segmap: np.ndarray, *, seeds: List[int], settings: Sampl
                  tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
                  callback: Optional[Callable] = None):
     """One image of the map's size per seed for `segmap` (int class ids [H, W], checked against the model's class
-    count). tile_size / tile_overlap: latent cells; tiling is used only when one is given and the latent is larger
-    than the tile. Returns a list of PIL images."""
+    count). tile_size / tile_overlap: latent cells; with neither given, the map runs in one pass, or in tiles of the
+    model's native latent size when one pass would not fit in memory (the paper's large-image mode either way).
+    Returns a list of PIL images."""
     cs = check_semantic_model(model.cfg)
     if settings.resolved(model.cfg).guidance_scale != 1:
         raise UsageError(f"{model.cfg.name} has no unconditional input for guidance; leave --scale at 1")
@@ -84,7 +86,7 @@ def semantic2img(model, segmap: np.ndarray, *, seeds: List[int], settings: Sampl
         raise UsageError(f"{model.cfg.name}: the map encoder's output {tuple(cond['c_concat'][0].shape[-2:])} does "
                          f"not match the latent {latent_hw} (n_stages/multiplier vs the first stage's factor {f})")
     tiling = None
-    if tile_size is not None or tile_overlap is not None:
+    if tile_size is not None or tile_overlap is not None or not unet_fits(model, *latent_hw, batch=1):
         tiling = plan_tiling(model, latent_hw, tile_size, tile_overlap)
     shape = (model.cfg.latent_channels, *latent_hw)
     z = sample_latents(tiled(model, tiling), cond, None, shape, seeds, settings, callback=callback)

@@ -45,7 +45,8 @@ class AutoencoderObjective(nn.Module):
         posterior = self.ae.encode(x)
         eps = torch.randn(posterior.mean.shape, generator=generator, device=x.device)
         rec = self.ae.decode(posterior.mean + posterior.std * eps.to(posterior.mean.dtype))
-        loss, metrics = reconstruction_loss(x.float(), rec.float(), self.s.grad_weight)
+        loss, metrics = reconstruction_loss(x.float(), rec.float(), self.s.grad_weight,
+                                            mse_weight=self.s.mse_weight)
         kl = kl_per_value(posterior.mean.float(), posterior.logvar.float(), x[0].numel())
         loss = loss + self.s.kl_weight * kl
         metrics["kl"] = kl.detach()

@@ -5,7 +5,9 @@ perceptual + patch-adversarial. No pretrained perceptual network (LPIPS's VGG) i
 perceptual term is replaced by a documented substitute that needs no weights:
   rec  = mean |x − x̂|  +  grad_weight · mean over 3 scales (1, ½, ¼, average-pooled) of |∇x − ∇x̂|
 where ∇ are the horizontal and vertical finite differences: it rewards sharp, correctly placed edges, which an
-L1 loss alone under-weights (the blur that LPIPS penalises shows up as weak gradients).
+L1 loss alone under-weights (the blur that LPIPS penalises shows up as weak gradients); plus mse_weight · MSE,
+whose gradient grows with the error, so a missing object outweighs texture noise the autoencoder cannot
+reproduce (L1's gradient has the same size on every pixel; recipes.py has the measurement).
   KL   = Σ over latent elements of ½(μ² + σ² − 1 − log σ²), per sample, divided by the number of image values
          (3·H·W), so kl_weight has the meaning of the reference's (whose sums are per sample, not per value);
   adv  = −mean D(x̂) (hinge generator loss), D a small PatchGAN discriminator trained with the hinge loss
@@ -33,9 +35,10 @@ def _gradients(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
-def reconstruction_loss(x: torch.Tensor, rec: torch.Tensor, grad_weight: float,
-                        scales: int = 3) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """L1 + grad_weight · multi-scale image-gradient L1 (the perceptual substitute, see the module docstring)."""
+def reconstruction_loss(x: torch.Tensor, rec: torch.Tensor, grad_weight: float, scales: int = 3,
+                        mse_weight: float = 0.0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """L1 + grad_weight · multi-scale image-gradient L1 (the perceptual substitute, see the module docstring)
+    + mse_weight · mean squared error."""
     l1 = (x - rec).abs().mean()
     terms = []
     a, b = x, rec
@@ -46,7 +49,13 @@ def reconstruction_loss(x: torch.Tensor, rec: torch.Tensor, grad_weight: float,
             a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
         terms += [(ga - gb).abs().mean() for ga, gb in zip(_gradients(a), _gradients(b))]
     grad = torch.stack(terms).mean()
-    return l1 + grad_weight * grad, {"l1": l1.detach(), "grad_l1": grad.detach()}
+    metrics = {"l1": l1.detach(), "grad_l1": grad.detach()}
+    loss = l1 + grad_weight * grad
+    if mse_weight:
+        mse = (x - rec).pow(2).mean()
+        loss = loss + mse_weight * mse
+        metrics["mse"] = mse.detach()
+    return loss, metrics
 
 
 class PatchDiscriminator(nn.Module):

@@ -131,8 +131,9 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     cfg = R.model_config(rec, task, vocabulary(opts.data) if needs_text else (), text_length)
     if fs_cfg != cfg.first_stage:
         raise UsageError(f"{out / AUTOENCODER_FILE} was trained with another recipe than --recipe {rec.name}")
-    console.log(f"{task}: building the data pool ({rec.pool_size} examples, {rec.image_size} px)")
-    pool = data_pool(opts.data, rec.image_size, rec.pool_size, opts.seed, task, dist.rank, dist.world,
+    pool_size = rec.ldm_pool_size or rec.pool_size
+    console.log(f"{task}: building the data pool ({pool_size} examples, {rec.image_size} px)")
+    pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, task, dist.rank, dist.world,
                      _workers(opts, dist))
     torch.manual_seed(seed)
     model = build_ldm(cfg, fs_sd).to(dist.device)

@@ -1,0 +1,26 @@
+"""Objects in boxes with the Python API: the embedded default's shapes-world labels, or any layout2img checkpoint.
+
+    python examples/layout2img.py                                  # a red circle top left, a blue square below right
+    python examples/layout2img.py --ckpt layout2img-openimages256.ckpt --label 0 --label 1   # class numbers
+"""
+import argparse
+
+from ldmcli.layout import LayoutBox
+from ldmcli.run import load
+from ldmcli.tasks.common import SamplerSettings
+from ldmcli.tasks.layout2img import layout2img, list_labels
+
+p = argparse.ArgumentParser()
+p.add_argument("--ckpt")
+p.add_argument("--label", action="append", help="two labels: names (--list-labels) or class numbers")
+args = p.parse_args()
+
+model, _ = load(args.ckpt, task="layout2img")
+labels = args.label or ["red circle", "blue square"]
+print("first labels of the model:", ", ".join(list_labels(model)[:6]), "...")
+boxes = [LayoutBox(labels[0], (0.05, 0.05, 0.45, 0.45)),     # x0, y0, x1, y1 as fractions of the image
+         LayoutBox(labels[1], (0.50, 0.50, 0.95, 0.95))]
+images = layout2img(model, boxes, seeds=[0, 1], settings=SamplerSettings())
+for i, img in enumerate(images):
+    img.save(f"layout-{i}.png")
+    print(f"layout-{i}.png", img.size)
