@@ -386,12 +386,19 @@ def test_fault(case: Case, ctx, monkeypatch):
 
 
 # --- a real process and a real signal ---------------------------------------------------------------------------
+def _default_sigint() -> None:
+    """A shell starts background jobs (`make test &`, a CI runner's `cmd &`) with SIGINT ignored, and Python keeps an
+    ignored SIGINT ignored, as it should; this test is about Ctrl-C reaching ldm, so the child gets the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigint_mid_batch(ctx):
     jobs = ctx.file("jobs.txt", "".join(f"prompt number {i}\n" for i in range(200)).encode())
     proc = subprocess.Popen([sys.executable, "-m", "ldmcli", "txt2img", "--from-file", str(jobs), "--ckpt",
                              str(ctx.ckpt), "--steps", "20", "-H", "32", "-W", "32", "-o", str(ctx.out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV,
+                            preexec_fn=_default_sigint)
     try:
         first = proc.stdout.readline()                       # the first finished image's path
         time.sleep(0.05)
