@@ -236,6 +236,41 @@ def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: O
     return out | {"n_examples": float(len(examples)), "seconds": time.perf_counter() - start}
 
 
+class _FirstStage:
+    """What `autoencoder_ceiling` needs of a model, for a first-stage file of `ldm train`."""
+
+    def __init__(self, ae, device, image_size: int):
+        from types import SimpleNamespace
+        self.ae, self.device, self.cfg = ae.to(device).eval(), device, SimpleNamespace(image_size=image_size)
+
+    def encode_first_stage(self, x, sample: bool = False):
+        return self.ae.encode(x).mode()
+
+    def decode_first_stage(self, z):
+        return self.ae.decode(z)
+
+
+def first_stage_model(path, device: str = "cpu"):
+    """For the ceiling: a task model (its first stage is used), or `ldm train`'s <run>/autoencoder.safetensors, so
+    a first stage can be judged before any LDM is trained on it."""
+    from ldmcli.run import load, pick_device
+    if Path(path).suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except Exception:       # noqa: BLE001 - not readable here: load() gives the one-line diagnosis
+            meta = {}
+        if "ldmcli_autoencoder" in meta:
+            from ldmcli.models.autoencoder import AutoencoderKL
+            from ldmcli.train.autoencoder_stage import load_autoencoder
+            cfg, sd = load_autoencoder(path)
+            ae = AutoencoderKL(cfg)
+            ae.load_state_dict(sd, strict=True)
+            return _FirstStage(ae, pick_device(device), cfg.resolution)
+    return load(str(path), device=device)[0]
+
+
 def autoencoder_ceiling(model, n: int = DEFAULT_N, progress: Optional[Progress] = None,
                         chunk: int = 16) -> Dict[str, float]:
     """The read-back scores of the first stage's reconstructions of the exact renders of n eval scenes (mode of
@@ -276,7 +311,7 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
     results = {}
     for task in tasks:
         if task == CEILING:
-            model, _ = load(str(paths[task]), device=device)
+            model = first_stage_model(paths[task], device)
             results[task] = autoencoder_ceiling(model, n, progress)
         else:
             model, _ = load(str(paths[task]), task=task, device=device)

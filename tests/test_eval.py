@@ -167,6 +167,18 @@ def test_autoencoder_ceiling_of_a_lossless_first_stage_is_perfect(tiny_ckpts, mo
                                                              [ex["image"] for ex in exs])["object_pixel_acc"]
 
 
+def test_ceiling_reads_a_first_stage_file_of_ldm_train(tiny_ckpts, tmp_path):
+    """`--ckpt autoencoder=<run>/autoencoder.safetensors` gives the same row as a task model with that first stage."""
+    from ldmcli.run import load
+    from ldmcli.train.autoencoder_stage import save_autoencoder
+    model, _ = load(tiny_ckpts["txt2img"], device="cpu")
+    ae_file = save_autoencoder(model.first_stage_model, tmp_path / "autoencoder.safetensors")
+    from_file = E.evaluate((E.CEILING,), n=3, ckpts={E.CEILING: str(ae_file)})[E.CEILING]
+    from_model = E.evaluate((E.CEILING,), n=3, ckpts={"txt2img": tiny_ckpts["txt2img"]})[E.CEILING]
+    same = ("psnr", "colour_acc", "shape_acc", "position_acc", "object_pixel_acc")
+    assert [from_file[k] for k in same] == pytest.approx([from_model[k] for k in same], abs=1e-3)
+
+
 def test_evaluate_refuses_a_model_of_another_task(tiny_ckpts):
     with pytest.raises(UsageError, match="not a txt2img model"):
         E.evaluate(("txt2img",), n=1, ckpts={"txt2img": tiny_ckpts["layout2img"]}, steps=1, samples=1)
