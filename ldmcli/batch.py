@@ -235,21 +235,17 @@ def weights_list(as_json: bool) -> int:
 
 def weights_verify(name: Optional[str]) -> int:
     """SHA-256 of each present registry file against its recorded hash; exit 2 on any mismatch."""
-    import hashlib
-    from ldmcli.weights import WEIGHTS_DIR, list_entries
+    from ldmcli.weights import WEIGHTS_DIR, list_entries, sha256_file
     rows = [r for r in list_entries() if r["present"] and (name is None or r["name"] == name)]
     if name and not rows:
         raise UsageError(f"{name} is not a present registry entry (see ldm weights list)")
     bad = 0
     for r in rows:
-        h = hashlib.sha256()
-        with open(WEIGHTS_DIR / r["file"], "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        digest = sha256_file(WEIGHTS_DIR / r["file"])
         want = r.get("sha256")
-        status = "no hash recorded" if not want else ("ok" if h.hexdigest() == want else "MISMATCH")
+        status = "no hash recorded" if not want else ("ok" if digest == want else "MISMATCH")
         bad += status == "MISMATCH"
-        sys.stdout.write(f"{r['name']}\t{status}\t{h.hexdigest()}\n")
+        sys.stdout.write(f"{r['name']}\t{status}\t{digest}\n")
     return EXIT_USAGE if bad else 0
 
 

@@ -59,7 +59,7 @@ def read_checkpoint(path) -> Tuple[StateDict, Dict[str, str]]:
     if not head:
         raise CheckpointError(f"checkpoint is empty: {path}")
     if path.suffix == ".safetensors" or _looks_like_safetensors(head):
-        return _read_safetensors(path), _safetensors_metadata(path)
+        return _read_safetensors(path), safetensors_metadata(path)
     return _read_pickle(path), {}
 
 
@@ -77,7 +77,8 @@ def _read_safetensors(path: Path) -> StateDict:
                               f"{_first_line(e)}") from None
 
 
-def _safetensors_metadata(path: Path) -> Dict[str, str]:
+def safetensors_metadata(path: Path) -> Dict[str, str]:
+    """The string metadata of a .safetensors header (reads the header only)."""
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         return dict(f.metadata() or {})

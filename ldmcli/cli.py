@@ -241,7 +241,7 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
         from ldmcli.console import Console
         tasks = E.parse_tasks(task or ["all"])
         overrides = E.parse_overrides(ckpt or [], tasks)
-        paths = E.resolve_checkpoints(tasks, overrides)
+        paths = {t: str(p) for t, p in E.resolve_checkpoints(tasks, overrides).items()}
         console, bars = Console(quiet=quiet), ExitStack()
         state = {}
 
@@ -253,12 +253,10 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
                 state["advance"]()
         start = time.perf_counter()
         with bars:
-            results = E.evaluate(tasks, n, {t: str(p) for t, p in paths.items()}, device, seed, steps, save,
-                                 progress, samples)
+            results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples)
         if json:
-            typer.echo(json_lib.dumps(E.json_report(results, ckpts={t: str(p) for t, p in paths.items()}, n=n,
-                                                    samples=samples, seed=seed, steps=steps,
-                                                    seconds=round(time.perf_counter() - start, 2))))
+            typer.echo(json_lib.dumps(E.json_report(results, ckpts=paths, n=n, samples=samples, seed=seed,
+                                                    steps=steps, seconds=round(time.perf_counter() - start, 2))))
         else:
             typer.echo(E.format_table(results))
         return 1 if check and not E.all_passed(results) else 0

@@ -33,8 +33,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ldmcli.errors import UsageError
+from ldmcli.weights import TASKS
 
-TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
 CEILING = "autoencoder"   # the first-stage ceiling, evaluated with "all" (see the module docstring)
 DEFAULT_N = 12      # examples per task: the five tasks take about a minute on two CPU cores with the cpu recipe
 SAMPLES = 4         # seeds per example, sampled in one batch
@@ -255,10 +255,9 @@ def first_stage_model(path, device: str = "cpu"):
     a first stage can be judged before any LDM is trained on it."""
     from ldmcli.run import load, pick_device
     if Path(path).suffix == ".safetensors":
-        from safetensors import safe_open
+        from ldmcli.checkpoint import safetensors_metadata
         try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
+            meta = safetensors_metadata(path)
         except Exception:       # noqa: BLE001 - not readable here: load() gives the one-line diagnosis
             meta = {}
         if "ldmcli_autoencoder" in meta:
@@ -284,6 +283,8 @@ def autoencoder_ceiling(model, n: int = DEFAULT_N, progress: Optional[Progress] 
         progress(CEILING, 0, len(examples))
     exact, rebuilt = [ex["image"].convert("RGB") for ex in examples], []
     for i in range(0, len(exact), chunk):
+        # rounded, not images.tensor_to_pil's reference truncation: that loses a level on some pixels even when
+        # nothing else does, and this row is about the first stage alone
         x = torch.stack([torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) for im in exact[i:i + chunk]])
         with torch.inference_mode():
             y = model.decode_first_stage(model.encode_first_stage((x / 127.5 - 1).to(model.device), sample=False))

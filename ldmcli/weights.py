@@ -14,6 +14,16 @@ REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
 TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
 
 
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (checkpoints are gigabytes)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def registry() -> Dict[str, dict]:
     try:
         return json.loads(REGISTRY_FILE.read_text())["models"]

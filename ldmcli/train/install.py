@@ -8,33 +8,16 @@ Other registry entries are kept as they are. `make weights` trains the cpu recip
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, Sequence
 
 from ldmcli.errors import UsageError
+from ldmcli.weights import TASKS, WEIGHTS_DIR, sha256_file
 
-TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
 LICENCE = "same as ldmcli (trained from scratch on the procedural shapes world)"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _header_version(path: Path) -> str:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    return meta.get("ldmcli_version", "")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -46,6 +29,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def install(run: Path, weights: Path, tasks: Sequence[str] = TASKS) -> Dict[str, dict]:
     """Install the run's models for `tasks`; returns the registry entries written. Every file is checked to be
     present before anything is copied, so a partial run installs nothing."""
+    from ldmcli.checkpoint import safetensors_metadata
     run, weights = Path(run), Path(weights)
     sources = {t: run / f"{t}.safetensors" for t in tasks}
     missing = [str(p) for p in sources.values() if not p.is_file()]
@@ -58,12 +42,10 @@ def install(run: Path, weights: Path, tasks: Sequence[str] = TASKS) -> Dict[str,
     for task, src in sources.items():
         name = f"ldmcli-default-{task}"
         dst = weights / f"{name}.safetensors"
-        tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        _write_atomic(dst, src.read_bytes())            # a few MB each
         entry = {"family": "ldmcli-default", "task": task, "file": dst.name, "default_for": task,
-                 "source": _header_version(dst) or f"ldm train ({run.name})", "bytes": dst.stat().st_size,
-                 "sha256": _sha256(dst), "licence": LICENCE}
+                 "source": safetensors_metadata(dst).get("ldmcli_version") or f"ldm train ({run.name})",
+                 "bytes": dst.stat().st_size, "sha256": sha256_file(dst), "licence": LICENCE}
         reg["models"][name] = entry
         written[name] = entry
     _write_atomic(reg_path, (json.dumps(reg, indent=1) + "\n").encode())
@@ -73,7 +55,7 @@ def install(run: Path, weights: Path, tasks: Sequence[str] = TASKS) -> Dict[str,
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ldmcli.train.install", description=__doc__.splitlines()[0])
     p.add_argument("run", help="training run folder (ldm train --out)")
-    p.add_argument("weights", nargs="?", default=str(Path(__file__).resolve().parents[2] / "weights"))
+    p.add_argument("weights", nargs="?", default=str(WEIGHTS_DIR))
     p.add_argument("--task", action="append", choices=TASKS, help="only these tasks (default: all five)")
     a = p.parse_args(argv)
     try:
