@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, LdmError, UsageError
+from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, InputError, LdmError, UsageError
 
 # task name -> (runner(model, job, seeds, settings, callback) -> [PIL], Job fields a job must set)
 TASKS: Dict[str, tuple] = {}
@@ -56,7 +56,8 @@ def build_jobs(task: str, positional: dict, opts: dict):
         given = [k for k in ("prompt", "image", "layout", "segmap") if positional.get(k)]
         if given:
             raise UsageError(f"pass either --from-file or a {given[0]} argument, not both")
-        return read_jobs(opts["from_file"], defaults)
+        extra = {k: v for k, v in positional.items() if k not in Job.__dataclass_fields__ and v is not None}
+        return read_jobs(opts["from_file"], {**defaults, "extra": extra})  # CLI task options apply to every job
     fields = {k: v for k, v in positional.items() if v is not None and k in Job.__dataclass_fields__}
     job = Job(**{**{k: v for k, v in defaults.items() if v is not None}, **fields})
     job.extra.update({k: v for k, v in positional.items() if k not in Job.__dataclass_fields__ and v is not None})
@@ -118,18 +119,41 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
     if not todo:
         console.log(f"all {len(mine)} job(s) already done (use --overwrite to redo)")
         return 0
+    failures, ready = [], []
+    for i, job in todo:  # cheap checks first: a batch of bad jobs fails without loading a model
+        try:
+            _precheck(task, job)
+            ready.append((i, job))
+        except LdmError as e:
+            console.error(f"job {i + 1}: {e}")
+            failures.append(e)
+    if not ready:
+        return _exit_code(failures, len(todo))
     model = _load_model(task, opts, console, rank)
-    failures = []
-    with console.progress(len(todo), f"{task}") as advance_jobs, _library_warnings(console):
-        for i, job in todo:
+    with console.progress(len(ready), f"{task}") as advance_jobs, _library_warnings(console):
+        for i, job in ready:
             try:
-                _check_required(task, job)
                 _run_job(task, model, i, job, opts, mode, target, console)
             except LdmError as e:
                 console.error(f"job {i + 1}: {e}")
                 failures.append(e)
             advance_jobs()
     return _exit_code(failures, len(todo))
+
+
+def _precheck(task: str, job) -> None:
+    """What can be checked before the model is loaded: required fields, and that input files exist (pipes and
+    devices count; reading and decoding them is the task's)."""
+    from ldmcli.jobs import EXTRA_PATHS, PATH_FIELDS
+    _check_required(task, job)
+    paths = [(f, getattr(job, f)) for f in PATH_FIELDS] + [(k, job.extra.get(k)) for k in EXTRA_PATHS]
+    for what, value in paths:
+        if isinstance(value, str) and value:
+            path = Path(value)
+            if not path.exists():
+                raise InputError(f"{what} {path}: no such file")
+            if path.is_dir():
+                raise InputError(f"{what} {path}: is a directory, not a file")
 
 
 @contextmanager
@@ -278,6 +302,9 @@ def show_info(image: str, as_json: bool) -> int:
     return 0
 
 
+_SIZED_TASKS = ("txt2img", "layout2img")  # the subcommands with --height/--width
+
+
 def replay_opts(image: str, given: dict) -> dict:
     """The task, positional fields and options that regenerate `image` from its ldmcli record."""
     from ldmcli.outputs import read_metadata
@@ -286,7 +313,8 @@ def replay_opts(image: str, given: dict) -> dict:
         raise UsageError(f"{image} has no ldmcli record (only ldm-written PNGs can be replayed)")
     task = rec["task"]
     positional = {k: rec.get(k) for k in ("prompt", "negative_prompt", "image", "mask", "layout", "segmap")}
-    positional.update({"height": rec.get("height"), "width": rec.get("width")} if task == "txt2img" else {})
+    if task in _SIZED_TASKS:  # the others take their size from their input file
+        positional.update({"height": rec.get("height"), "width": rec.get("width")})
     positional.update(rec.get("extra") or {})
     opts = {"ckpt": given.get("ckpt") or rec.get("ckpt_path"), "config": None, "steps": rec["steps"],
             "sampler": rec["sampler"], "scale": rec["scale"], "eta": rec["eta"], "karras": rec.get("karras"),

@@ -5,8 +5,8 @@
 - JSONL: chosen when the first line that is neither blank nor a '#' comment starts with '{'. Each such line is
   an object whose keys are `Job` fields; a null value means "not set". Blank and '#' lines are skipped here too.
 - A value a line does not set comes from `defaults` (the command-line options), then from `Job`'s defaults.
-- Relative paths in a job (image, mask, layout, segmap; '~' expanded) are resolved against the job file's
-  directory; for stdin they are left relative to the working directory.
+- Relative paths in a job (image, mask, layout, segmap, and the `extra` option palette; '~' expanded) are
+  resolved against the job file's directory; for stdin they are left relative to the working directory.
 - Seeds (`seed_for`): a job's explicit seed wins; otherwise job i gets (base_seed + i) mod 2**64, so a batch is
   reproducible from one --seed and gives the same images however it is sharded (`shard`).
 Every problem is one InputError line, `FILE:LINE: what is wrong`.
@@ -103,7 +103,8 @@ def _seed(value):
 _CHECKS = {"prompt": _text, "negative_prompt": _text, "seed": _seed, "steps": _count, "scale": _number,
            "sampler": _text, "image": _path, "mask": _path, "layout": _path, "segmap": _path, "name": _text,
            "n_samples": _count, "height": _count, "width": _count, "extra": _object}
-_PATH_FIELDS = ("image", "mask", "layout", "segmap")
+PATH_FIELDS = ("image", "mask", "layout", "segmap")
+EXTRA_PATHS = ("palette",)  # `extra` options that name a file
 
 
 def _json_type(value) -> str:
@@ -181,9 +182,10 @@ def _json_job(where: str, line: str, base: dict, base_dir: Optional[Path]) -> Jo
         except ValueError as e:
             raise InputError(f"{where}: {key!r} {e}") from None
         if key == "extra":
-            values["extra"].update(checked)  # on top of the default extras
+            values["extra"].update({k: _resolve(v, base_dir) if k in EXTRA_PATHS and isinstance(v, str) and v
+                                    else v for k, v in checked.items()})  # on top of the default extras
         else:
-            values[key] = _resolve(checked, base_dir) if key in _PATH_FIELDS else checked
+            values[key] = _resolve(checked, base_dir) if key in PATH_FIELDS else checked
     return Job(**values)
 
 

@@ -258,6 +258,33 @@ def test_oom_retries_by_tiles(caplog):
         "decoding 16x16 images by overlapping tiles to fit in memory (pixels differ slightly at the seams)"]
 
 
+def test_tiled_decode_keeps_both_fallbacks(caplog):
+    """The decode of tiled sampling (semantic2img/superres at large sizes) goes through the same fallbacks: a
+    bfloat16 first stage that decodes NaN is retried in float32, and an out-of-memory tile is halved."""
+    from ldmcli.tasks.tiled import Tiling, decode_images
+    z = _latent(tiny_model(SD1_TINY, seed=3), side=32)
+    ref = tiny_model(SD1_TINY, seed=3).to(torch.bfloat16)
+    ref.first_stage_model.float()
+    with torch.inference_mode():
+        want = tensor_to_pil(decode_tiled(ref.decode_first_stage, z, 16, 4, 2))[0].tobytes()
+    half = tiny_model(SD1_TINY, seed=3).to(torch.bfloat16)
+    _nan_in_half(half.first_stage_model)
+    with caplog.at_level(logging.WARNING, logger="ldmcli"):
+        assert decode_images(half, z, Tiling(tile=16, overlap=4))[0].tobytes() == want
+    assert next(half.first_stage_model.parameters()).dtype == torch.float32
+    m, calls = tiny_model(SD1_TINY, seed=3), []
+    _oom_when_larger_than(m.first_stage_model, 8, calls)
+    with caplog.at_level(logging.WARNING, logger="ldmcli"):
+        got = decode_images(m, z, Tiling(tile=16, overlap=4))[0]
+    assert calls[0] == (16, 16) and set(calls[1:]) == {(8, 8)}   # the asked-for tile failed, then half of it
+    with torch.inference_mode():
+        assert got.tobytes() == tensor_to_pil(decode_tiled(tiny_model(SD1_TINY, seed=3).decode_first_stage, z, 8,
+                                                           2, 2))[0].tobytes()
+    messages = [r.getMessage() for r in caplog.records if r.name == "ldmcli"]
+    assert any("first stage decoded NaN/Inf" in x for x in messages)
+    assert any("by overlapping tiles to fit in memory" in x for x in messages)
+
+
 def test_oom_at_every_tile_size_is_one_error():
     m = tiny_model(SD1_TINY, seed=3)
     _oom_when_larger_than(m.first_stage_model, 0, [])

@@ -287,6 +287,56 @@ def test_cli_colour_map_with_palette(files, tmp_path):
     assert Image.open(r.stdout.strip()).size == (16, 16)
 
 
+def test_cli_batch_palette_paths(files, tmp_path, monkeypatch):
+    """--from-file: a job's relative segmap and `extra` palette are found beside the job file whatever the working
+    directory, and a --palette given on the command line applies to every job of the file."""
+    jobs_dir = tmp_path / "jobs"
+    jobs_dir.mkdir()
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:8] = (0, 128, 0)
+    Image.fromarray(rgb).save(jobs_dir / "c.png")
+    (jobs_dir / "p.txt").write_text("background 0 0 0\nsquare #008000\n")
+    (jobs_dir / "jobs.jsonl").write_text(json.dumps({"segmap": "c.png", "extra": {"palette": "p.txt"}}) + "\n")
+    (jobs_dir / "bare.jsonl").write_text(json.dumps({"segmap": "c.png"}) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    common = ["--ckpt", files["tiny-semantic2img-named"], "--steps", 1, "-q"]
+    r = ldm("semantic2img", "--from-file", jobs_dir / "jobs.jsonl", *common, "-o", tmp_path / "a")
+    assert r.exit_code == 0, r.stderr
+    assert Image.open(r.stdout.strip()).size == (16, 16)
+    r = ldm("semantic2img", "--from-file", jobs_dir / "bare.jsonl", "--palette", jobs_dir / "p.txt", *common,
+            "-o", tmp_path / "b")
+    assert r.exit_code == 0, r.stderr
+    r = ldm("semantic2img", "--from-file", jobs_dir / "bare.jsonl", *common, "-o", tmp_path / "c")
+    assert r.exit_code == 2 and "not class ids" in r.stderr, (r.exit_code, r.stderr)  # every job failed: 2
+
+
+def test_cli_batch_checks_files_before_loading(files, tmp_path, monkeypatch):
+    """Jobs whose input files are missing fail one line each before the model is loaded; when no job is left the
+    model is never loaded; the good jobs of a mixed batch still run (exit 3: some failed)."""
+    import ldmcli.batch
+    Image.fromarray(_map(16, 16, 7).astype(np.uint8), mode="L").save(tmp_path / "good.png")
+    (tmp_path / "adir").mkdir()
+    bad = [{"segmap": "missing.png"}, {"segmap": "adir"}, {"segmap": "good.png", "extra": {"palette": "nope.json"}}]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(j) + "\n" for j in bad))
+    (tmp_path / "mixed.jsonl").write_text(json.dumps({"segmap": "missing.png"}) + "\n"
+                                          + json.dumps({"segmap": "good.png"}) + "\n")
+    loaded = []
+    real = ldmcli.batch._load_model
+    monkeypatch.setattr(ldmcli.batch, "_load_model", lambda *a: loaded.append(1) or real(*a))
+    common = ["--ckpt", files["tiny-semantic2img-named"], "--steps", 1, "-q"]
+    r = ldm("semantic2img", "--from-file", tmp_path / "bad.jsonl", *common, "-o", tmp_path / "out")
+    assert r.exit_code == 2 and not loaded, (r.exit_code, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 3 and "job 1: segmap" in lines[0] and "missing.png: no such file" in lines[0]
+    assert "adir: is a directory" in lines[1] and "job 3: palette" in lines[2] and "nope.json" in lines[2]
+    r = ldm("semantic2img", "--from-file", tmp_path / "mixed.jsonl", *common, "-o", tmp_path / "out")
+    assert r.exit_code == 3 and loaded == [1], (r.exit_code, r.stderr)
+    assert len(r.stdout.split()) == 1 and "job 1: segmap" in r.stderr
+    assert not (tmp_path / "out").exists() or len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
 @pytest.mark.parametrize("case", ["ids", "colour", "rgb without palette", "bad palette", "missing", "not an image"])
 def test_cli_errors(files, tmp_path, case):
     out = tmp_path / "out"

@@ -91,9 +91,11 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
                       noise=noise, callback=callback, x0_known=x0_known, mask=mask)
 
 
-def decode(model, z: torch.Tensor):
+def decode(model, z: torch.Tensor, tiles: Optional[Tuple[int, int]] = None):
     """Latents → list of PIL images (clamp((x+1)/2)·255, truncated to uint8 as the reference scripts do).
 
+    tiles: (tile, overlap) in latent pixels to decode by overlapping tiles from the start (the caller sampled by
+    tiles, so the image is large); None decodes in one piece when that fits.
     Two fallbacks, each logged once per model:
     - out of memory (or a one-piece decode the memory estimate says cannot fit): overlapping latent tiles
       (`vae_tiling.decode_tiled`), halving the tile while memory still runs out;
@@ -106,34 +108,38 @@ def decode(model, z: torch.Tensor):
     if not bool(torch.isfinite(z).all()):
         hint = "broken UNet weights?" if model.dtype == torch.float32 else "overflow? try --dtype float32"
         raise LdmError(f"the sampled latents hold NaN/Inf values ({hint})")
-    x = _decode_fitting(model, z)
+    x = _decode_fitting(model, z, tiles)
     fs = model.first_stage_model
     dtype = next(fs.parameters()).dtype
     if not bool(torch.isfinite(x).all()) and dtype != torch.float32:
         _warn_once(model, "fp32", f"the {str(dtype)[6:]} first stage decoded NaN/Inf pixels; decoding in float32 "
                                   f"from now on")
         fs.float()
-        x = _decode_fitting(model, z)
+        x = _decode_fitting(model, z, tiles)
     if not bool(torch.isfinite(x).all()):
         raise LdmError("the float32 first stage decoded NaN/Inf pixels (broken first-stage weights?)")
     return tensor_to_pil(x.float().cpu())
 
 
-def _decode_fitting(model, z: torch.Tensor) -> torch.Tensor:
-    """D(z) in one piece when it fits, else by overlapping tiles, halved after each out-of-memory failure."""
+def _decode_fitting(model, z: torch.Tensor, tiles: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """D(z) in one piece when it fits (or by the caller's `tiles`), else by overlapping tiles, halved after each
+    out-of-memory failure."""
     from ldmcli.models.vae_tiling import decode_tiled
     f = model.cfg.first_stage.downsample_factor
     side = max(z.shape[-2:])
-    tile = None if _decode_fits(model, z) else min(model.cfg.latent_size, side)
+    if tiles is not None:
+        (tile, overlap), announce = tiles, False   # asked for: nothing to warn about
+    else:
+        tile, overlap, announce = (None if _decode_fits(model, z) else min(model.cfg.latent_size, side)), None, True
     while True:
-        if tile is not None:
+        if tile is not None and announce:
             _warn_once(model, "tiles", f"decoding {z.shape[-1] * f}x{z.shape[-2] * f} images by overlapping tiles "
                                        f"to fit in memory (pixels differ slightly at the seams)")
         try:
             with torch.inference_mode():
                 if tile is None:
                     return model.decode_first_stage(z)
-                return decode_tiled(model.decode_first_stage, z, tile, tile // 4, f)
+                return decode_tiled(model.decode_first_stage, z, tile, tile // 4 if overlap is None else overlap, f)
         except RuntimeError as e:   # torch.OutOfMemoryError is a RuntimeError, as is the CPU allocator's failure
             if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
                 raise
@@ -145,6 +151,7 @@ def _decode_fitting(model, z: torch.Tensor) -> torch.Tensor:
             raise LdmError(f"out of memory decoding {z.shape[-1] * f}x{z.shape[-2] * f} images, even by tiles "
                            f"of {tile * f} px; try a smaller size or --batch-size 1")
         tile = min(model.cfg.latent_size, side // 2) if tile is None else tile // 2
+        overlap, announce = None, True
 
 
 def _warn_once(model, key: str, message: str) -> None:

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ldmcli.errors import UsageError
-from ldmcli.models.vae_tiling import blend_plan, decode_tiled
+from ldmcli.models.vae_tiling import blend_plan
 from ldmcli.tasks.common import decode, latent_multiple
 
 
@@ -90,14 +90,8 @@ def tiled(model, tiling: Optional[Tiling]):
 
 def decode_images(model, z: torch.Tensor, tiling: Optional[Tiling]):
     """D(z) → PIL images; by overlapping latent tiles (`vae_tiling.decode_tiled`) when the sampling was tiled, so a
-    large image never goes through the decoder in one piece."""
-    from ldmcli.images import tensor_to_pil
-    if tiling is None:
-        return decode(model, z)
-    f = model.cfg.first_stage.downsample_factor
-    with torch.inference_mode():
-        x = decode_tiled(model.decode_first_stage, z.to(model.device), tiling.tile, tiling.overlap, f)
-    return tensor_to_pil(x.float().cpu())
+    large image never goes through the decoder in one piece (with `decode`'s NaN and out-of-memory fallbacks)."""
+    return decode(model, z, None if tiling is None else (tiling.tile, tiling.overlap))
 
 
 __all__ = ["Tiling", "plan_tiling", "tiled_apply", "TiledModel", "tiled", "decode_images"]
