@@ -239,7 +239,7 @@ def test_cli_errors(files, tmp_path, case):
         p.write_text('[{"label": "circle", "box": [0, 0, 8, 8]},]')
         args, fragments = [p], ["invalid JSON at line 1", str(p)]
     elif case == "missing":
-        args, fragments = [tmp_path / "nope.json"], ["nope.json", "No such file"]
+        args, fragments = [tmp_path / "nope.json"], ["nope.json", "no such file"]
     elif case == "empty box":
         args, fragments = ["--box", "circle 8 8 8 16"], ["--box 1 ('circle' [8, 8, 8, 16]) is empty"]
     else:

@@ -1,7 +1,7 @@
 """The five embedded default models and how they are trained: model configs and hyper-parameters per recipe.
 
 Two recipes. "cpu": 32 px images (8x8 latents), UNet + τθ of 1.1-2.3 M parameters, thousands of steps per
-stage, so the whole set trains in about an hour on two cores. "gpu": 64 px images (16x16 latents), 1.6-3.5 M
+stage, so the whole set trains in about 1.5 hours on two cores. "gpu": 64 px images (16x16 latents), 1.6-3.5 M
 parameters, tens of thousands of steps. Both use a 1.6 M-parameter autoencoder. The five exported files (each
 carrying its own fp16 copy of the autoencoder) stay under 50 MB together (cpu ≈ 32 MB, gpu ≈ 43 MB;
 `tests/test_train.py` checks the sum).
@@ -184,29 +184,33 @@ GPU_SIZES = Sizes(image=64, ae_width=96, ae_res_blocks=0, width=64, mult=(1, 1, 
 
 
 def _cpu() -> Recipe:
-    # Steps per stage: what two CPU cores train in about an hour altogether (measured: autoencoder 6.4 min, the
-    # five LDM stages 57 min). Measured on the eval split
-    # (autoencoder PSNR over 32 eval scenes): with L1 + gradient loss alone the autoencoder drew
-    # no object smaller than a quarter of the image (19.9 dB after 300 steps, 22.1 dB after 1000): the L1
-    # gradient has the same size on every pixel, so the noise textures it can never reproduce outweigh the few
-    # pixels of an object. Adding 5·MSE (gradient ∝ error: a missing object dominates) gave 23.8 dB after 300
+    # Steps per stage: what two CPU cores train in about 1.5 hours altogether (measured with these settings:
+    # autoencoder 15.5 min; txt2img 21.5, inpaint 16.8, superres 16, layout2img 16.6, semantic2img 8.4 min).
+    # Measured on the eval split (autoencoder PSNR over 32 eval scenes): with L1 + gradient loss alone the
+    # autoencoder drew no object smaller than a quarter of the image (19.9 dB after 300 steps, 22.1 dB after 1000):
+    # the L1 gradient has the same size on every pixel, so the noise textures it can never reproduce outweigh the
+    # few pixels of an object. Adding 5·MSE (gradient ∝ error: a missing object dominates) gave 23.8 dB after 300
     # steps with the objects in place. 400 LDM steps learnt the background colour and nothing else, so the
     # compositional task (text) gets the most steps; the LDM pool is 8192 scenes, so held-out captions are new
     # combinations of words the model has seen, not a memorised list.
     # The first stage bounds every shape score (`ldm eval --task autoencoder --ckpt autoencoder=RUN/autoencoder.
-    # safetensors --n 60`: its reconstructions of exact renders, read back): after these 1600 steps 30.2 dB, shape
-    # 0.25, object pixels 0.28 on 60 eval scenes; 4000 steps (16 min) give 33.1 dB, 0.44, 0.54; one ResBlock per
-    # level at 1600 steps (11 min) 29.1 dB, 0.32, 0.31. The next retraining of the defaults should start there
-    # (and retrain the five LDMs on it).
+    # safetensors --n 60`: its reconstructions of exact renders, read back): after 1600 steps 30.2 dB, shape 0.25,
+    # object pixels 0.28 on 60 eval scenes; after 4000 steps (these settings) 33.1 dB, 0.44, 0.54; one ResBlock per
+    # level at 1600 steps (11 min) 29.1 dB, 0.32, 0.31. Retraining the LDMs on the 4000-step first stage moved
+    # (`ldm eval --n 30 --samples 4`) two-object colours 0.55 -> 0.73, superres 28.3 -> 29.4 dB (8000 steps; 29.7
+    # after 16000), semantic object pixels 0.20 -> 0.31, inpaint hole PSNR 15.1 -> 15.6; single-object shape stayed
+    # at 0.08-0.10 (40 images): at 32 px even a 2x bicubic blur of the exact renders reads back 49 % of the shapes.
     ldm = StageSettings(steps=5000, batch_size=32, lr=1e-3, warmup=100, ema_decay=0.995, ckpt_every=500)
     models = _models(CPU_SIZES)
     return Recipe("cpu", image_size=CPU_SIZES.image, pool_size=2048, ldm_pool_size=8192,
                   autoencoder=models["txt2img"].first_stage, models=models,
-                  stages={"autoencoder": StageSettings(steps=1600, batch_size=16, lr=1e-3, warmup=150, ckpt_every=400,
-                                                       disc_weight=0.05, disc_start=1100, mse_weight=5.0),
-                          **{t: ldm for t in LDM_TASKS},
-                          "txt2img": replace(ldm, steps=7000),
-                          "layout2img": replace(ldm, steps=6000)})
+                  stages={"autoencoder": StageSettings(steps=4000, batch_size=16, lr=1e-3, warmup=150, ckpt_every=400,
+                                                       disc_weight=0.05, disc_start=2750, mse_weight=5.0),
+                          "txt2img": replace(ldm, steps=9000),
+                          "inpaint": replace(ldm, steps=6000),
+                          "superres": replace(ldm, steps=16000),
+                          "layout2img": replace(ldm, steps=6000),
+                          "semantic2img": replace(ldm, steps=8000)})
 
 
 def _gpu() -> Recipe:
