@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, InputError, LdmError, UsageError
+from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, LdmError, UsageError
 
 # task name -> (runner(model, job, seeds, settings, callback) -> [PIL], Job fields a job must set)
 TASKS: Dict[str, tuple] = {}
@@ -52,16 +52,15 @@ def build_jobs(task: str, positional: dict, opts: dict):
     defaults = {"negative_prompt": positional.get("negative_prompt") or None, "steps": opts.get("steps"),
                 "scale": opts.get("scale"), "sampler": None, "n_samples": opts.get("n_samples"),
                 "height": positional.get("height"), "width": positional.get("width")}
+    # the task's own options (--palette, --noise-level, ...): a job's `extra`, for every job of a --from-file batch
+    extra = {k: v for k, v in positional.items() if k not in Job.__dataclass_fields__ and v is not None}
     if opts.get("from_file"):
         given = [k for k in ("prompt", "image", "layout", "segmap") if positional.get(k)]
         if given:
             raise UsageError(f"pass either --from-file or a {given[0]} argument, not both")
-        extra = {k: v for k, v in positional.items() if k not in Job.__dataclass_fields__ and v is not None}
-        return read_jobs(opts["from_file"], {**defaults, "extra": extra})  # CLI task options apply to every job
+        return read_jobs(opts["from_file"], {**defaults, "extra": extra})
     fields = {k: v for k, v in positional.items() if v is not None and k in Job.__dataclass_fields__}
-    job = Job(**{**{k: v for k, v in defaults.items() if v is not None}, **fields})
-    job.extra.update({k: v for k, v in positional.items() if k not in Job.__dataclass_fields__ and v is not None})
-    return [job]
+    return [Job(**{**{k: v for k, v in defaults.items() if v is not None}, **fields, "extra": extra})]
 
 
 def _check_required(task: str, job) -> None:
@@ -144,16 +143,13 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
 def _precheck(task: str, job) -> None:
     """What can be checked before the model is loaded: required fields, and that input files exist (pipes and
     devices count; reading and decoding them is the task's)."""
+    from ldmcli.images import check_input_path
     from ldmcli.jobs import EXTRA_PATHS, PATH_FIELDS
     _check_required(task, job)
     paths = [(f, getattr(job, f)) for f in PATH_FIELDS] + [(k, job.extra.get(k)) for k in EXTRA_PATHS]
     for what, value in paths:
         if isinstance(value, str) and value:
-            path = Path(value)
-            if not path.exists():
-                raise InputError(f"{what} {path}: no such file")
-            if path.is_dir():
-                raise InputError(f"{what} {path}: is a directory, not a file")
+            check_input_path(Path(value), what, "a file")
 
 
 @contextmanager

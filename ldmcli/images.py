@@ -45,12 +45,17 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _source(path: Path, what: str) -> Union[Path, io.BytesIO]:
-    """What to hand Image.open: a regular file's path, or the bytes of a pipe/device (Pillow needs to seek)."""
+def check_input_path(path: Path, what: str, kind: str = "an image file") -> None:
+    """An input path must exist and not be a directory (a pipe or device is fine): else one InputError line."""
     if not path.exists():
         raise InputError(f"{what} {path}: no such file")
     if path.is_dir():
-        raise InputError(f"{what} {path}: is a directory, not an image file")
+        raise InputError(f"{what} {path}: is a directory, not {kind}")
+
+
+def _source(path: Path, what: str) -> Union[Path, io.BytesIO]:
+    """What to hand Image.open: a regular file's path, or the bytes of a pipe/device (Pillow needs to seek)."""
+    check_input_path(path, what)
     if path.is_file():
         return path
     with open(path, "rb") as f:
