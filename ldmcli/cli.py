@@ -218,12 +218,16 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
                                                              "list): txt2img, inpaint, superres, layout2img, "
                                                              "semantic2img, autoencoder (the first stage's "
                                                              "reconstructions: the ceiling).")] = None,
-          n: Annotated[int, typer.Option("--n", min=1, help="Eval examples per task.")] = 12,
+          n: Annotated[int, typer.Option("--n", min=1, help="Eval examples per task (the targets are judged at "
+                                         "150: fewer is a quick look).")] = 12,
           samples: Annotated[int, typer.Option("--samples", min=1, help="Images per example (seeds in one "
                                                "batch).")] = 4,
           ckpt: Annotated[Optional[List[str]], typer.Option("--ckpt", help="TASK=PATH (repeatable): evaluate this "
                                                             "checkpoint instead of the embedded default.")] = None,
-          steps: Steps = None, seed: Seed = 0, device: Device = "auto",
+          steps: Steps = None, scale: Scale = None, eta: Eta = None, seed: Seed = 0, device: Device = "auto",
+          split: Annotated[str, typer.Option("--split", help="eval (the held-out split the targets are for) or "
+                                             "val (train-split scenes no training run draws: tune --steps, "
+                                             "--scale, --eta there).")] = "eval",
           json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of the "
                                              "table.")] = False,
           save: Annotated[Optional[str], typer.Option("--save", help="Write the generated images (and each "
@@ -253,10 +257,10 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
                 state["advance"]()
         start = time.perf_counter()
         with bars:
-            results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples)
+            results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples, split, scale, eta)
         if json:
             typer.echo(json_lib.dumps(E.json_report(results, ckpts=paths, n=n, samples=samples, seed=seed,
-                                                    steps=steps, seconds=round(time.perf_counter() - start, 2))))
+                                                    steps=steps, scale=scale, eta=eta, split=split, seconds=round(time.perf_counter() - start, 2))))
         else:
             typer.echo(E.format_table(results))
         return 1 if check and not E.all_passed(results) else 0

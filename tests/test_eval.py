@@ -43,6 +43,11 @@ def test_examples_come_from_the_eval_split_at_the_model_size(examples):
     assert counts == [1] * 3 + [2] * 3 + [3] * 3                      # equal shares of 1, 2, 3 objects
     assert [ex["seed"] for ex in E.eval_examples("layout2img", 9, SIZE)] == [ex["seed"] for ex in
                                                                               examples["layout2img"]]
+    val = E.eval_examples("txt2img", 9, SIZE, split="val")         # for tuning: train-split scenes, same shares
+    assert all(split_of(ex["seed"]) == "train" for ex in val)
+    assert [len(parse_caption(ex["caption"]).objects) for ex in val] == counts
+    with pytest.raises(UsageError, match="--split must be eval or val"):
+        E.eval_examples("txt2img", 3, SIZE, split="train")
     assert len(E.eval_examples("txt2img", 4, SIZE)) == 4
 
 
@@ -205,6 +210,12 @@ def test_cli_json_and_table(tiny_ckpts):
     checked = _invoke("--task", "superres", "--ckpt", f"superres={tiny_ckpts['superres']}", "--n", "1",
                       "--samples", "1", "--steps", "1", "--quiet", "--check")
     assert checked.exit_code == 1
+    tuned = _invoke("--task", "txt2img", "--ckpt", tiny_ckpts["txt2img"], "--n", "1", "--samples", "1", "--steps",
+                    "1", "--scale", "5", "--eta", "1", "--split", "val", "--json", "--quiet")
+    assert tuned.exit_code == 0, tuned.output
+    report = json.loads(tuned.stdout)
+    assert (report["split"], report["scale"], report["eta"]) == ("val", 5.0, 1.0)
+    assert _invoke("--task", "superres", "--ckpt", tiny_ckpts["superres"], "--split", "train").exit_code == 2
 
 
 def test_cli_usage_errors(tiny_ckpts, tmp_path, monkeypatch):
@@ -227,5 +238,5 @@ def test_shipped_defaults_meet_every_target():
         E.resolve_checkpoints(E.TASKS)
     except UsageError as e:
         pytest.skip(str(e))
-    results = E.evaluate(n=30, device="cpu")
+    results = E.evaluate(n=E.TARGET_N, device="cpu")
     assert E.all_passed(results), "\n" + E.format_table(results)

@@ -45,6 +45,19 @@ def test_eval_split_is_fixed_and_disjoint_from_train():
     assert abs(share - 1 / scenes.EVAL_ONE_IN) < 0.01
 
 
+def test_val_split_is_train_scenes_no_training_pool_draws():
+    val = list(itertools.islice(scenes.scene_seeds("val"), 300))
+    assert val == list(itertools.islice(scenes.scene_seeds("val"), 300))
+    assert all(scenes.split_of(s) == "train" for s in val)
+    train = set()
+    for seed in (None, 1, scenes.VAL_SEED, scenes.EVAL_SEED):  # whatever seed a training run uses
+        train |= set(itertools.islice(scenes.scene_seeds("train", seed), 8192))
+    assert not train & set(val)
+    assert not set(itertools.islice(scenes.scene_seeds("eval"), 300)) & set(val)
+    with pytest.raises(ValueError, match="split must be one of train, val, eval"):
+        next(scenes.scene_seeds("test"))
+
+
 def test_scene_invariants():
     for scene in _scenes(300, "train"):
         cells = [o.cell for o in scene.objects]

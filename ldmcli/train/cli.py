@@ -20,7 +20,7 @@ TASK_CHOICES = "all, autoencoder, txt2img, inpaint, superres, layout2img, semant
 def train_command(
         task: Annotated[str, typer.Option("--task", help=f"What to train: {TASK_CHOICES}. The autoencoder comes "
                                           "first; the others need its output in --out.")] = "all",
-        recipe: Annotated[str, typer.Option("--recipe", help="cpu (32 px, about 1.5 hours on two cores) or gpu (64 px, "
+        recipe: Annotated[str, typer.Option("--recipe", help="cpu (32 px, about 2 hours on two cores) or gpu (64 px, "
                                             "hours on one GPU).")] = "cpu",
         data: Annotated[str, typer.Option("--data", help="world (the procedural shapes world) or a folder of "
                                           "images with <name>.txt captions beside them.")] = "world",

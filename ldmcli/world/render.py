@@ -154,7 +154,7 @@ def example(scene_seed: int, size: int = 64, drop_prob: float = 0.3, extras: Seq
 
 def dataset(split: str, n: Optional[int] = None, size: int = 64, seed: Optional[int] = None,
             drop_prob: float = 0.3, extras: Sequence[str] = ()) -> Iterator[dict]:
-    """Examples of a split ("train" | "eval"), `n` of them (None: endless), deterministic in (split, seed).
+    """Examples of a split ("train" | "val" | "eval"), `n` of them (None: endless), deterministic in (split, seed).
 
     Each example: image (PIL RGB, size x size), caption (size/position/background each dropped with
     `drop_prob`), boxes (k, 4) float32 in 0-1 and boxes_px in pixels (x0, y0, x1, y1, tight on the outline),

@@ -7,7 +7,9 @@ outline is the shape's unit polygon mapped onto that box, so a scene renders ali
 
 Split: every scene comes from an integer scene seed; `split_of(seed)` hashes it (BLAKE2b) and sends 1 seed in 16
 to "eval", the rest to "train", so no seed can be in both splits whatever stream produced it. The eval split is
-the stream `scene_seeds("eval")` (base seed `EVAL_SEED`), filtered by that hash.
+the stream `scene_seeds("eval")` (base seed `EVAL_SEED`), filtered by that hash. "val" is a stream of train-split
+seeds of its own (base `VAL_SEED`, hashed under another name than any training stream), for tuning settings
+without looking at eval: no training run draws it (its seeds meet a training pool only by a 63-bit hash collision).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from .vocab import (COLOURS, GRID, MAX_OBJECTS, POSITION_PHRASES, POSITIONS, SHA
 
 EVAL_SEED = 20231  # base seed of the eval stream: `dataset("eval", ...)` always yields the same scenes
 EVAL_ONE_IN = 16   # share of the seed space that belongs to eval
+VAL_SEED = 7919    # base seed of the val stream (train-split scenes that training pools never draw)
+SPLITS = ("train", "val", "eval")
 CELL_MARGIN = 0.06  # gap kept between a shape and its cell's edge, as a fraction of the cell's side
 
 Box = Tuple[float, float, float, float]
@@ -171,13 +175,15 @@ def split_of(scene_seed: int) -> str:
 
 
 def scene_seeds(split: str, seed: Optional[int] = None) -> Iterator[int]:
-    """The endless stream of scene seeds of a split; eval's base seed defaults to `EVAL_SEED`, train's to 0."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    base = (EVAL_SEED if split == "eval" else 0) if seed is None else seed
+    """The endless stream of scene seeds of a split; the base seed defaults to `EVAL_SEED` (eval), `VAL_SEED` (val)
+    or 0 (train). Val seeds are train-split seeds from a stream of their own."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    base = {"train": 0, "val": VAL_SEED, "eval": EVAL_SEED}[split] if seed is None else seed
+    member = "eval" if split == "eval" else "train"
     for i in itertools.count():
         candidate = _hash63(f"{split}:{base}:{i}")
-        if split_of(candidate) == split:
+        if split_of(candidate) == member:
             yield candidate
 
 
