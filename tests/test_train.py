@@ -5,6 +5,7 @@ Everything runs a tiny recipe (16 px images, 4x4 latents, 32-channel models) on 
 import json
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -127,6 +128,29 @@ def test_autoencoder_loss_decreases():
     pool = world_pool(16, 4, 0)
     losses = _fit(objectives[0].module, pool.batch(torch.arange(4), "cpu"))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_caption_variants_pair_each_image_with_k_captions():
+    from ldmcli.train.data import TASK_FIELDS, world_pool
+    from ldmcli.train.ldm_stage import encode_pool
+    from ldmcli.world.scenes import parse_caption
+    one = world_pool(16, 6, 0, TASK_FIELDS["inpaint"])
+    three = world_pool(16, 6, 0, TASK_FIELDS["inpaint"], caption_variants=3)
+    assert len(one) == 6 and len(three) == 18 and three.n_images == 6
+    assert three.captions[:6] == one.captions                           # variant 0: each example's own caption
+    assert len(set(three.captions)) > 6                                 # the dropout was drawn again
+    for i, text in enumerate(three.captions):                           # every caption describes its own image
+        j = i % 6
+        assert parse_caption(text).objects[0].colour == parse_caption(one.captions[j]).objects[0].colour
+    three.tensors["tokens"] = torch.arange(18)[:, None]                 # one row per caption: indexed by example
+    first_stage = SimpleNamespace(encode=lambda x: SimpleNamespace(mean=x[:, :1], std=x[:, :1]))
+    encode_pool(SimpleNamespace(first_stage_model=first_stage), three, "cpu")
+    assert three.tensors["z_mean"].shape[0] == 6                        # images encoded once, not per caption
+    batch = three.batch(torch.tensor([1, 7, 13]), "cpu")
+    assert batch["tokens"].flatten().tolist() == [1, 7, 13]
+    assert torch.equal(batch["image"][0], batch["image"][2]) and torch.equal(batch["object_mask"][0],
+                                                                            batch["object_mask"][1])
+    assert len(world_pool(16, 6, 0, TASK_FIELDS["superres"], caption_variants=3)) == 6   # no captions: no variants
 
 
 @pytest.mark.parametrize("task, prediction", [(t, "eps") for t in R.LDM_TASKS] + [("txt2img", "v")])

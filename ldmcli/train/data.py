@@ -61,18 +61,26 @@ def unconditional_layout() -> np.ndarray:
 @dataclass
 class Pool:
     """n examples as tensors: image uint8 [n, 3, H, W] and, as a stage needs them, lowres [n, 3, H/4, W/4],
-    layout int64 [n, 92], class_map uint8 [n, H, W], object_mask uint8 [n, H, W]; captions beside them."""
+    layout int64 [n, 92], class_map uint8 [n, H, W], object_mask uint8 [n, H, W]; captions beside them.
+
+    Caption variants: captions may hold k·n entries, caption i belonging to image i mod n; the pool then has k·n
+    examples (each image with each of its captions) without storing an image twice, and a tensor with one row per
+    caption (the tokens) is indexed by example, every other by image."""
     tensors: Dict[str, torch.Tensor]
     captions: List[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
+    @property
+    def n_images(self) -> int:
         return self.tensors["image"].shape[0]
+
+    def __len__(self) -> int:
+        return max(self.n_images, len(self.captions))
 
     def batch(self, indices: torch.Tensor, device) -> Dict[str, torch.Tensor]:
         """The examples at `indices`, on `device`; images (image, lowres) as float in [-1, 1]."""
-        out = {}
+        out, images = {}, indices % self.n_images
         for name, t in self.tensors.items():
-            v = t[indices].to(device, non_blocking=True)
+            v = t[indices if t.shape[0] == len(self) else images].to(device, non_blocking=True)
             out[name] = v.float() / 127.5 - 1 if name in ("image", "lowres") else v
         return out
 
@@ -107,22 +115,35 @@ def _stack(records: List[dict], fields: Tuple[str, ...]) -> Pool:
     return Pool(tensors, [r["caption"] for r in records])
 
 
+def _caption_variants(seeds: Sequence[int], k: int) -> List[str]:
+    """Captions 1..k-1 of each scene (caption 0 is its example's): the attribute dropout drawn again per variant."""
+    from ldmcli.world.render import CAPTION_DROP
+    from ldmcli.world.scenes import caption, scene_from_seed
+    return [caption(scene_from_seed(s), np.random.default_rng([s, 2, v]), CAPTION_DROP)
+            for v in range(1, k) for s in seeds]
+
+
 def world_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: int = 0, world: int = 1,
-               workers: int = 1) -> Pool:
-    """This process's shard of the first n "train" scenes of the world stream with base seed `seed`."""
+               workers: int = 1, caption_variants: int = 1) -> Pool:
+    """This process's shard of the first n "train" scenes of the world stream with base seed `seed`; with
+    `caption_variants` k > 1 and captions among the fields, each scene comes with k captions (see `Pool`)."""
     from ldmcli.world.scenes import scene_seeds
     if size % 4:
         raise UsageError(f"image size must be a multiple of 4, got {size}")
     fields = tuple(fields)
     seeds = list(itertools.islice(scene_seeds("train", seed), n))[rank::world]
     if workers <= 1 or len(seeds) < 256 or "fork" not in multiprocessing.get_all_start_methods():
-        return _stack(_world_chunk((seeds, size, fields)), fields)
-    chunks = [(seeds[i:i + 256], size, fields) for i in range(0, len(seeds), 256)]
-    # rendering is pure numpy/PIL, so forked workers never touch torch's thread pools; "fork" (not spawn) also
-    # works when the caller's main module has no `if __name__ == "__main__"` guard. Results come back in order.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        records = [r for chunk in pool.map(_world_chunk, chunks) for r in chunk]
-    return _stack(records, fields)
+        pool = _stack(_world_chunk((seeds, size, fields)), fields)
+    else:
+        chunks = [(seeds[i:i + 256], size, fields) for i in range(0, len(seeds), 256)]
+        # rendering is pure numpy/PIL, so forked workers never touch torch's thread pools; "fork" (not spawn) also
+        # works when the caller's main module has no `if __name__ == "__main__"` guard. Results come back in order.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as executor:
+            records = [r for chunk in executor.map(_world_chunk, chunks) for r in chunk]
+        pool = _stack(records, fields)
+    if "caption" in fields and caption_variants > 1:
+        pool.captions += _caption_variants(seeds, caption_variants)
+    return pool
 
 
 def folder_images(path) -> List[Path]:
@@ -203,11 +224,11 @@ def batch_indices(step: int, batch: int, n: int, seed: int, rank: int = 0) -> to
 
 
 def data_pool(data: str, size: int, n: int, seed: int, task: str, rank: int = 0, world: int = 1,
-              workers: int = 1) -> Pool:
-    """The pool a stage trains on: `data` is "world" or a folder path."""
+              workers: int = 1, caption_variants: int = 1) -> Pool:
+    """The pool a stage trains on: `data` is "world" or a folder path (one caption per image: its .txt)."""
     fields = TASK_FIELDS[task]
     if data == "world":
-        return world_pool(size, n, seed, fields, rank, world, workers)
+        return world_pool(size, n, seed, fields, rank, world, workers, caption_variants)
     return folder_pool(data, size, fields, rank, world)
 
 

@@ -91,7 +91,7 @@ def encode_pool(model: LatentDiffusion, pool: Pool, device, chunk: int = 256) ->
     """Add the posterior of every pool image: z_mean, z_std [n, c, h, w] float32 (unscaled)."""
     means, stds = [], []
     fs = model.first_stage_model
-    for start in range(0, len(pool), chunk):
+    for start in range(0, pool.n_images, chunk):
         x = pool.tensors["image"][start:start + chunk].to(device).float() / 127.5 - 1
         posterior = fs.encode(x)
         means.append(posterior.mean.float().cpu())

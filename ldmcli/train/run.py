@@ -134,7 +134,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     pool_size = rec.ldm_pool_size or rec.pool_size
     console.log(f"{task}: building the data pool ({pool_size} examples, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, task, dist.rank, dist.world,
-                     _workers(opts, dist))
+                     _workers(opts, dist), rec.caption_variants)
     torch.manual_seed(seed)
     model = build_ldm(cfg, fs_sd).to(dist.device)
     uncond = None

@@ -24,6 +24,7 @@ from .vocab import SHAPES, rgb
 GRADIENT_DEPTH = 0.12
 NOISE_AMPLITUDE = 18.0
 NOISE_OCTAVES = ((4, 0.6), (10, 0.4))  # (lattice cells across the image, weight)
+CAPTION_DROP = 0.3  # chance that a caption leaves out each object's size, each position, the background
 MASK_PAD = 0.05  # the object inpainting mask extends the object's box by this much (0-1 units) on each side
 
 
@@ -136,7 +137,7 @@ def random_mask(rng: np.random.Generator, size: int, max_rects: int = 3) -> np.n
     return mask
 
 
-def example(scene_seed: int, size: int = 64, drop_prob: float = 0.3, extras: Sequence[str] = ()) -> dict:
+def example(scene_seed: int, size: int = 64, drop_prob: float = CAPTION_DROP, extras: Sequence[str] = ()) -> dict:
     """One training/eval example of the scene with this seed; see `dataset` for the keys."""
     scene = scene_from_seed(scene_seed)
     rng = np.random.default_rng([scene_seed, 1])  # caption dropout, then the inpainting masks
@@ -153,7 +154,7 @@ def example(scene_seed: int, size: int = 64, drop_prob: float = 0.3, extras: Seq
 
 
 def dataset(split: str, n: Optional[int] = None, size: int = 64, seed: Optional[int] = None,
-            drop_prob: float = 0.3, extras: Sequence[str] = ()) -> Iterator[dict]:
+            drop_prob: float = CAPTION_DROP, extras: Sequence[str] = ()) -> Iterator[dict]:
     """Examples of a split ("train" | "val" | "eval"), `n` of them (None: endless), deterministic in (split, seed).
 
     Each example: image (PIL RGB, size x size), caption (size/position/background each dropped with
