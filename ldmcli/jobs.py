@@ -155,7 +155,10 @@ def _did_you_mean(key: str) -> str:
 
 
 def _resolve(path: str, base_dir: Optional[Path]) -> str:
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError:  # "~name/..." for a user this machine has not: the path as written (then: no such file)
+        p = Path(path)
     return str(p if p.is_absolute() or base_dir is None else base_dir / p)
 
 
