@@ -260,7 +260,8 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
             results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples, split, scale, eta)
         if json:
             typer.echo(json_lib.dumps(E.json_report(results, ckpts=paths, n=n, samples=samples, seed=seed,
-                                                    steps=steps, scale=scale, eta=eta, split=split, seconds=round(time.perf_counter() - start, 2))))
+                                                    steps=steps, scale=scale, eta=eta, split=split,
+                                                    seconds=round(time.perf_counter() - start, 2))))
         else:
             typer.echo(E.format_table(results))
         return 1 if check and not E.all_passed(results) else 0

@@ -115,6 +115,14 @@ def resolve_checkpoints(tasks: Sequence[str], ckpts: Optional[Dict[str, str]] = 
 
 
 # ---- examples ---------------------------------------------------------------------------------------------------
+EVAL_SPLITS = ("eval", "val")   # the held-out split the targets are for, and the one to tune settings on
+
+
+def check_split(split: str) -> None:
+    if split not in EVAL_SPLITS:
+        raise UsageError(f"--split must be eval or val, got {split!r}")
+
+
 def eval_examples(task: str, n: int, size: int, split: str = "eval") -> List[dict]:
     """The first `n` examples of `split` (eval, or val for tuning: `world.scenes`) for `task` at image size `size`
     (`world.render.example` dicts).
@@ -122,9 +130,8 @@ def eval_examples(task: str, n: int, size: int, split: str = "eval") -> List[dic
     txt2img takes the first scenes with 1, 2 and 3 objects in turn (equal shares, the rest to the smaller counts);
     superres renders the input at size / 4 with its exact x4 render ("highres") at `size`."""
     from ldmcli.world.render import example
-    from ldmcli.world.scenes import MAX_OBJECTS, SPLITS, scene_from_seed, scene_seeds
-    if split not in SPLITS[1:]:
-        raise UsageError(f"--split must be eval or val, got {split!r}")
+    from ldmcli.world.scenes import MAX_OBJECTS, scene_from_seed, scene_seeds
+    check_split(split)
     if task == "superres":
         if size % 4:
             raise UsageError(f"superres evaluation needs an output size divisible by 4, got {size}")
@@ -319,7 +326,7 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
     default. split: eval (the held-out split the targets are for) or val (for tuning those settings)."""
     from ldmcli.run import load
     tasks = parse_tasks(tasks)
-    eval_examples("semantic2img", 0, 4, split)  # a bad split fails before any model loads
+    check_split(split)  # before any model loads
     paths = resolve_checkpoints(tasks, ckpts)
     results = {}
     for task in tasks:
@@ -328,7 +335,8 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
             results[task] = autoencoder_ceiling(model, n, progress, split=split)
         else:
             model, _ = load(str(paths[task]), task=task, device=device)
-            results[task] = evaluate_model(task, model, n, seed, steps, samples, save_dir, progress, split, scale, eta)
+            results[task] = evaluate_model(task, model, n, seed, steps, samples, save_dir, progress, split, scale,
+                                           eta)
         del model
     return results
 

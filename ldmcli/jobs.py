@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 from ldmcli.errors import InputError, UsageError
 from ldmcli.images import one_line
+from ldmcli.paths import expand_user
 
 MAX_JOB_FILE_BYTES = 256 * 2**20  # `yes | ldm ... --jobs -` must end in an error, not fill memory
 SEED_LIMIT = 2**64                # torch.manual_seed accepts [0, 2**64)
@@ -155,10 +156,7 @@ def _did_you_mean(key: str) -> str:
 
 
 def _resolve(path: str, base_dir: Optional[Path]) -> str:
-    try:
-        p = Path(path).expanduser()
-    except RuntimeError:  # "~name/..." for a user this machine has not: the path as written (then: no such file)
-        p = Path(path)
+    p = expand_user(path)
     return str(p if p.is_absolute() or base_dir is None else base_dir / p)
 
 

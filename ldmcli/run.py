@@ -68,7 +68,8 @@ def _attach_tokenizer(model, vocab: Optional[str], ckpt: Path) -> None:
 def resolve_ckpt(ckpt: Optional[str], task: str) -> Path:
     """A path as given; else the embedded default of the task in weights/ (the CLI explains what to pass)."""
     if ckpt:
-        p = Path(ckpt).expanduser()
+        from ldmcli.paths import expand_user
+        p = expand_user(ckpt)
         if p.exists() or "/" in ckpt or p.suffix:
             return p
         from ldmcli.weights import registry_path

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from ldmcli.errors import UsageError
+from ldmcli.paths import expand_user
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = Path(os.environ.get("LDM_WEIGHTS_DIR", ROOT / "weights"))
@@ -52,7 +53,7 @@ def registry_path(name: str) -> Path:
     e = reg[name]
     if e.get("file") and (WEIGHTS_DIR / e["file"]).exists():
         return WEIGHTS_DIR / e["file"]
-    local = Path(e.get("local_name", "")).expanduser()
+    local = expand_user(e.get("local_name", ""))
     if e.get("local_name") and local.exists():
         return local
     raise UsageError(f"{name} is a known checkpoint but not present here; download it from {e.get('source', '?')} "

@@ -157,6 +157,8 @@ def test_missing_ckpt_says_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("LDM_WEIGHTS_DIR", str(tmp_path))
     r = ldm("txt2img", "x", "--ckpt", tmp_path / "nope.safetensors")
     assert r.exit_code == 2 and "checkpoint not found" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = ldm("txt2img", "x", "--ckpt", "~nosuchuserxyz/m.ckpt", "-o", tmp_path / "x.png")  # a home no one has
+    assert r.exit_code == 2 and "checkpoint not found" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_pickle_that_runs_code_is_refused_not_executed(tmp_path):

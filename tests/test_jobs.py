@@ -93,6 +93,9 @@ def test_relative_paths_resolved_against_job_file(tmp_path, monkeypatch):
     assert job.mask == "/abs/m.png"
     assert job.segmap == os.path.join(os.path.expanduser("~"), "s.png")
     assert job.layout == "cwd-relative.json"  # defaults come from the command line: not re-rooted
+    write(sub, json.dumps({"image": "~nosuchuserxyz/a.png"}))  # no such home: kept as written, then re-rooted
+    (job,) = read_jobs(os.path.join("batch", "jobs.txt"), {})
+    assert job.image == str(sub / "~nosuchuserxyz" / "a.png")
 
 
 def test_stdin_paths_stay_relative_to_cwd(monkeypatch):
