@@ -23,7 +23,7 @@ test-all:
 bench:
 	$(BIN)/python -m benchmarks.bench
 
-# The embedded defaults: the cpu recipe from seed 0 (about 2 hours on two cores), then installed into weights/.
+# The embedded defaults: the cpu recipe from seed 0 (about 2¼ hours on two cores), then installed into weights/.
 weights:
 	$(BIN)/ldm train --recipe cpu --seed 0 --out runs/default
 	$(BIN)/python -m ldmcli.train.install runs/default weights

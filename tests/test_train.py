@@ -211,12 +211,11 @@ def _assert_same(a, b, where=""):
         assert a == b, where
 
 
-@pytest.mark.parametrize("stage", ["autoencoder", "txt2img"])
+@pytest.mark.parametrize("stage", ["autoencoder", "decoder", "txt2img"])
 def test_resume_continues_exactly(full_run, tmp_path, stage):
     out, _ = full_run
-    if stage != "autoencoder":
-        train(TrainOptions(task="autoencoder", out=str(tmp_path), device="cpu", seed=3), Recorder(),
-              recipe=tiny_recipe())
+    for before in R.TASKS[:R.TASKS.index(stage)]:       # the stages it builds on (txt2img: autoencoder, decoder)
+        train(TrainOptions(task=before, out=str(tmp_path), device="cpu", seed=3), Recorder(), recipe=tiny_recipe())
     with pytest.raises(KeyboardInterrupt):     # killed after step 5: the last checkpoint is step 3
         train(TrainOptions(task=stage, out=str(tmp_path), device="cpu", seed=3), Recorder(stage, 5),
               recipe=tiny_recipe())
@@ -280,6 +279,9 @@ def test_folder_data(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "nocaption.jpg")
     opts = dict(out=str(tmp_path / "out"), data=str(data), device="cpu", steps=2)
     written = train(TrainOptions(task="autoencoder", **opts), recipe=tiny_recipe())
+    with pytest.raises(UsageError, match="no trained decoder"):    # the recipe's decoder stage comes first
+        train(TrainOptions(task="txt2img", **opts), recipe=tiny_recipe())
+    written.update(train(TrainOptions(task="decoder", **opts), recipe=tiny_recipe()))
     written.update(train(TrainOptions(task="txt2img", **opts), recipe=tiny_recipe()))
     model, _ = load_model(written["txt2img"])
     assert model.cfg.cond_stage.vocab == build_vocab(captions) and model.cfg.cond_stage.max_seq_len == 77
@@ -287,6 +289,58 @@ def test_folder_data(tmp_path):
         train(TrainOptions(task="layout2img", **opts), recipe=tiny_recipe())
     with pytest.raises(UsageError, match="not a directory"):
         train(TrainOptions(task="txt2img", **dict(opts, data=str(tmp_path / "missing"))), recipe=tiny_recipe())
+
+
+def test_decoder_stage_keeps_the_encoder_and_the_exports_carry_its_decoder(full_run):
+    """The decoder stage changes the decoder side only (the latents every LDM trained on stay bit for bit), and the
+    LDM exports hold that decoder."""
+    from ldmcli.checkpoint import read_checkpoint
+    from ldmcli.train.autoencoder_stage import load_autoencoder
+    out, written = full_run
+    _, before = load_autoencoder(written["autoencoder"])
+    _, after = load_autoencoder(written["decoder"])
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert not all(torch.equal(before[k], after[k]) for k in decoder)
+    sd, _ = read_checkpoint(written["txt2img"])
+    for k in encoder + decoder:
+        assert torch.equal(sd[f"first_stage_model.{k}"], after[k].half()), k
+
+
+def test_resumed_export_takes_the_first_stage_from_its_file(full_run, tmp_path):
+    """`--resume` of a finished LDM stage re-exports it with the first stage of the run's file (a decoder stage
+    trained after it lands in the export), not the copy in the training state."""
+    import shutil
+    from ldmcli.checkpoint import read_checkpoint
+    from ldmcli.train.autoencoder_stage import DECODER_FILE, load_autoencoder, save_autoencoder
+    out, _ = full_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    cfg, sd = load_autoencoder(run / DECODER_FILE)
+    from ldmcli.models.autoencoder import AutoencoderKL
+    ae = AutoencoderKL(cfg)
+    ae.load_state_dict({k: v + 0.25 if k.startswith("decoder.conv_out") else v for k, v in sd.items()})
+    save_autoencoder(ae, run / DECODER_FILE)
+    written = train(TrainOptions(task="superres", out=str(run), device="cpu", seed=3, resume=True), Recorder(),
+                    recipe=tiny_recipe())
+    exported, _ = read_checkpoint(written["superres"])
+    key = "decoder.conv_out.weight"
+    assert torch.equal(exported[f"first_stage_model.{key}"], (sd[key] + 0.25).half())
+
+
+def test_recipe_without_a_decoder_stage_skips_it(tmp_path):
+    from dataclasses import replace
+    from ldmcli.train.run import first_stage_file, stages_for
+    rec = tiny_recipe()
+    bare = replace(rec, stages={k: v for k, v in rec.stages.items() if k != "decoder"})
+    assert stages_for("all", "world", rec) == list(R.TASKS)
+    assert stages_for("all", "world", bare) == [t for t in R.TASKS if t != "decoder"]
+    assert first_stage_file(tmp_path, bare).name == "autoencoder.safetensors"
+    assert first_stage_file(tmp_path, rec).name == "decoder.safetensors"
+    with pytest.raises(UsageError, match="no decoder stage"):
+        stages_for("decoder", "world", bare)
 
 
 def test_ldm_stage_needs_the_autoencoder(tmp_path):

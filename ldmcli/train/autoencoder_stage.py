@@ -8,6 +8,10 @@ The discriminator is held outside the generator objective's module tree, so Dist
 autoencoder does not treat its parameters as the autoencoder's; in the generator step it is frozen (gradients
 reach x̂, not D's weights). The result is saved as `first_stage_model.*` tensors with the AutoencoderConfig in
 the header, which the LDM stages load.
+
+Stage 1b, "decoder" (recipes that have it): the same generator objective with the encoder side frozen, so only the
+decoder learns — Stable Diffusion's fine-tuned VAE decoders (ft-EMA, ft-MSE) kept the encoder for the same reason:
+the latents, and so every LDM trained on them, do not change. Saved beside the autoencoder as DECODER_FILE.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ldmcli.train.loop import Objective, frozen
 from ldmcli.train.recipes import StageSettings
 
 AUTOENCODER_FILE = "autoencoder.safetensors"
+DECODER_FILE = "decoder.safetensors"        # the same autoencoder after the decoder stage
 LOGVAR_INIT = -6.0
 
 
@@ -91,6 +96,22 @@ def build_autoencoder(cfg: AutoencoderConfig, s: StageSettings) -> Tuple[Autoenc
     return ae, objectives
 
 
+def build_decoder_stage(cfg: AutoencoderConfig, first_stage: Dict[str, torch.Tensor],
+                        s: StageSettings) -> Tuple[AutoencoderKL, List[Objective]]:
+    """The trained autoencoder with its encoder side (encoder, quant_conv) frozen, and the objectives that fine-tune
+    its decoder side (post_quant_conv, decoder) with the autoencoder stage's loss. Frozen parameters are left out of
+    the optimiser, so the encoder, and every latent an LDM is trained on, stays bit for bit what it was."""
+    ae = AutoencoderKL(cfg)
+    ae.load_state_dict(first_stage, strict=True)
+    ae.encoder.requires_grad_(False)
+    ae.quant_conv.requires_grad_(False)
+    disc = PatchDiscriminator(cfg.in_channels)
+    objectives = [Objective("decoder", AutoencoderObjective(ae, disc, s))]
+    if s.disc_weight > 0:
+        objectives.append(Objective("disc", DiscriminatorObjective(disc), start=s.disc_start))
+    return ae, objectives
+
+
 def save_autoencoder(ae: AutoencoderKL, path, version: str = "") -> Path:
     """float32 `first_stage_model.*` tensors with the AutoencoderConfig (JSON) in the header."""
     from dataclasses import asdict
@@ -103,12 +124,13 @@ def save_autoencoder(ae: AutoencoderKL, path, version: str = "") -> Path:
     return path
 
 
-def load_autoencoder(path) -> Tuple[AutoencoderConfig, Dict[str, torch.Tensor]]:
-    """(config, `first_stage_model`-relative state dict) of a file written by `save_autoencoder`."""
+def load_autoencoder(path, stage: str = "autoencoder") -> Tuple[AutoencoderConfig, Dict[str, torch.Tensor]]:
+    """(config, `first_stage_model`-relative state dict) of a file written by `save_autoencoder`; `stage` is the
+    one that writes it (for the error message)."""
     from ldmcli.checkpoint import read_checkpoint, split_prefix
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"no trained autoencoder at {path}: train it first (ldm train --task autoencoder)")
+        raise UsageError(f"no trained {stage} at {path}: train it first (ldm train --task {stage})")
     sd, meta = read_checkpoint(path)
     if "ldmcli_autoencoder" not in meta:
         raise UsageError(f"{path} was not written by ldm train (no autoencoder config in its header)")
@@ -116,5 +138,5 @@ def load_autoencoder(path) -> Tuple[AutoencoderConfig, Dict[str, torch.Tensor]]:
     return AutoencoderConfig(**fields), split_prefix(sd, "first_stage_model.")
 
 
-__all__ = ["AUTOENCODER_FILE", "AutoencoderObjective", "DiscriminatorObjective", "build_autoencoder",
-           "save_autoencoder", "load_autoencoder"]
+__all__ = ["AUTOENCODER_FILE", "DECODER_FILE", "AutoencoderObjective", "DiscriminatorObjective", "build_autoencoder",
+           "build_decoder_stage", "save_autoencoder", "load_autoencoder"]

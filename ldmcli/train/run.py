@@ -1,9 +1,11 @@
-"""`ldm train` end to end: the autoencoder, then each latent diffusion model on it, then the exported defaults.
+"""`ldm train` end to end: the autoencoder, its decoder fine-tune, then each latent diffusion model on it, then the
+exported defaults.
 
-Layout of --out:  autoencoder/state.pt, autoencoder.safetensors (float32, reused by the LDM stages),
+Layout of --out:  autoencoder/state.pt, autoencoder.safetensors (float32), decoder/state.pt, decoder.safetensors (the
+autoencoder with its decoder fine-tuned: what the LDM stages load and export, when the recipe has a decoder stage),
 <task>/state.pt (resumable training state) and <task>.safetensors (the fp16 embedded default), train.jsonl.
 Seeds: the data stream of every stage has base seed `seed`; stage k initialises its weights from
-mix(seed, k) and draws its per-step randomness from mix(mix(seed, k), step, rank) — see loop.py.
+mix(seed, SEED_INDEX[k]) and draws its per-step randomness from mix(that, step, rank) — see loop.py.
 """
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ import torch
 
 from ldmcli.errors import UsageError
 from ldmcli.train import recipes as R
-from ldmcli.train.autoencoder_stage import AUTOENCODER_FILE, build_autoencoder, load_autoencoder, save_autoencoder
+from ldmcli.train.autoencoder_stage import (AUTOENCODER_FILE, DECODER_FILE, build_autoencoder, build_decoder_stage,
+                                            load_autoencoder, save_autoencoder)
 from ldmcli.train.data import data_pool, folder_images, mix_seed, unconditional_layout, vocabulary
 from ldmcli.train.export import export_default, version_string
 from ldmcli.train.ldm_stage import DiffusionObjective, build_ldm, encode_pool, latent_scale
 from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setup_distributed, teardown_distributed,
                                train_loop)
 
-FOLDER_TASKS = ("autoencoder", "txt2img", "inpaint", "superres")   # the others need the world's annotations
+FOLDER_TASKS = ("autoencoder", "decoder", "txt2img", "inpaint", "superres")   # the others need the world's annotations
 FOLDER_TEXT_LENGTH = 77
 
 
@@ -55,16 +58,24 @@ class _Quiet:
         return nullcontext(lambda n=1: None)
 
 
-def stages_for(task: str, data: str) -> List[str]:
-    """The stages `--task` selects, in training order; "all" skips what folder data cannot train."""
+def stages_for(task: str, data: str, rec: R.Recipe) -> List[str]:
+    """The stages `--task` selects, in training order; "all" skips what folder data cannot train and the stages
+    the recipe does not have."""
     if task not in ("all",) + R.TASKS:
         raise UsageError(f"unknown --task {task!r}; choose all, {', '.join(R.TASKS)}")
+    if task != "all" and task not in rec.stages:
+        raise UsageError(f"the {rec.name} recipe has no {task} stage")
     if data != "world":
         folder_images(data)      # a clear error for a wrong path before any work
         if task not in ("all",) + FOLDER_TASKS:
             raise UsageError(f"{task} needs the shapes world's layouts/class maps; train it with --data world")
-        return list(FOLDER_TASKS) if task == "all" else [task]
-    return list(R.TASKS) if task == "all" else [task]
+        return [t for t in FOLDER_TASKS if t in rec.stages] if task == "all" else [task]
+    return [t for t in R.TASKS if t in rec.stages] if task == "all" else [task]
+
+
+def first_stage_file(out: Path, rec: R.Recipe) -> Path:
+    """The first stage the LDM stages load and export: the decoder stage's output when the recipe has one."""
+    return out / (DECODER_FILE if "decoder" in rec.stages else AUTOENCODER_FILE)
 
 
 def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -> Dict[str, Path]:
@@ -74,7 +85,7 @@ def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -
     instead of the named `opts.recipe` (tests use tiny ones)."""
     console = console or _Quiet()
     rec = recipe if recipe is not None else R.recipe(opts.recipe)
-    stages = stages_for(opts.task, opts.data)
+    stages = stages_for(opts.task, opts.data, rec)
     dist = setup_distributed(opts.device)
     out = Path(opts.out)
     written = {}
@@ -82,6 +93,8 @@ def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -
         for stage in stages:
             if stage == "autoencoder":
                 written[stage] = _train_autoencoder(opts, rec, dist, out, console)
+            elif stage == "decoder":
+                written[stage] = _train_decoder(opts, rec, dist, out, console)
             else:
                 written[stage] = _train_ldm(stage, opts, rec, dist, out, console)
     finally:
@@ -97,7 +110,7 @@ def _stage_setup(stage: str, opts: TrainOptions, rec: R.Recipe, out: Path):
         raise UsageError(f"{state_path} exists: pass --resume to continue that run, or choose another --out")
     state = read_state(state_path) if opts.resume else None
     log_path = Path(opts.log) if opts.log else out / "train.jsonl"
-    return s, mix_seed(opts.seed, R.TASKS.index(stage)), state_path, state, log_path
+    return s, mix_seed(opts.seed, R.SEED_INDEX[stage]), state_path, state, log_path
 
 
 def _workers(opts: TrainOptions, dist: Distributed) -> int:
@@ -123,14 +136,42 @@ def _train_autoencoder(opts: TrainOptions, rec: R.Recipe, dist: Distributed, out
     return path
 
 
+def _train_decoder(opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
+    s, seed, state_path, state, log_path = _stage_setup("decoder", opts, rec, out)
+    cfg, sd = load_autoencoder(out / AUTOENCODER_FILE)
+    if cfg != rec.autoencoder:
+        raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
+    pool_size = rec.ldm_pool_size or rec.pool_size       # the scenes the LDMs see, more than the autoencoder's
+    console.log(f"decoder: building the data pool ({pool_size} examples, {rec.image_size} px)")
+    pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, "autoencoder", dist.rank, dist.world,
+                     _workers(opts, dist))
+    torch.manual_seed(seed)
+    ae, objectives = build_decoder_stage(cfg, sd, s)
+    for o in objectives:
+        o.module.to(dist.device)
+    with console.progress(s.steps, "decoder") as advance:
+        train_loop(objectives, pool, s, stage="decoder", seed=seed, dist=dist, state_path=state_path,
+                   log_path=log_path, state=state, progress=advance, on_log=lambda r: console.log(_line(r)))
+    path = out / DECODER_FILE
+    if dist.main:
+        save_autoencoder(ae, path, version_string("decoder", rec.name, s.steps, opts.seed, opts.data))
+    barrier(dist)
+    return path
+
+
 def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
     s, seed, state_path, state, log_path = _stage_setup(task, opts, rec, out)
-    fs_cfg, fs_sd = load_autoencoder(out / AUTOENCODER_FILE)
+    fs_path = first_stage_file(out, rec)
+    for stage_file in dict.fromkeys((out / AUTOENCODER_FILE, fs_path)):    # the stage to train first, first
+        if not stage_file.is_file():
+            raise UsageError(f"no trained {stage_file.stem} at {stage_file}: train it first "
+                             f"(ldm train --task {stage_file.stem} --out {out})")
+    fs_cfg, fs_sd = load_autoencoder(fs_path, fs_path.stem)
     text_length = rec.text_length if opts.data == "world" else FOLDER_TEXT_LENGTH
     needs_text = task in ("txt2img", "inpaint")
     cfg = R.model_config(rec, task, vocabulary(opts.data) if needs_text else (), text_length)
     if fs_cfg != cfg.first_stage:
-        raise UsageError(f"{out / AUTOENCODER_FILE} was trained with another recipe than --recipe {rec.name}")
+        raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
     pool_size = rec.ldm_pool_size or rec.pool_size
     console.log(f"{task}: building the data pool ({pool_size} examples, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, task, dist.rank, dist.world,
@@ -154,6 +195,9 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
                            extra={"scale_factor": scale}, progress=advance,
                            on_log=lambda r: console.log(_line(r)))
     ema = parts[task].ema
+    # the frozen first stage is exported as the file holds it, not as the training state does: a run resumed after a
+    # later decoder stage re-exports with that decoder (the encoder, all the LDM saw, is the same in both)
+    model.first_stage_model.load_state_dict(fs_sd, strict=True)
     path = out / f"{task}.safetensors"
     if dist.main:
         weights = {k[len("ldm."):]: v for k, v in ema.shadow.items()} if ema else None
@@ -174,4 +218,4 @@ def _line(record: dict) -> str:
     return f"{record['stage']} step {record['step']}: {metrics}"
 
 
-__all__ = ["TrainOptions", "FOLDER_TASKS", "stages_for", "train"]
+__all__ = ["TrainOptions", "FOLDER_TASKS", "stages_for", "first_stage_file", "train"]
