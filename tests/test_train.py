@@ -330,6 +330,17 @@ def test_resumed_export_takes_the_first_stage_from_its_file(full_run, tmp_path):
     assert torch.equal(exported[f"first_stage_model.{key}"], (sd[key] + 0.25).half())
 
 
+def test_decoder_stage_refuses_an_autoencoder_of_another_recipe(full_run, tmp_path):
+    import shutil
+    from dataclasses import replace
+    out, written = full_run
+    shutil.copy(written["autoencoder"], tmp_path / "autoencoder.safetensors")
+    rec = tiny_recipe()
+    other = replace(rec, autoencoder=replace(rec.autoencoder, ch=16))
+    with pytest.raises(UsageError, match="another recipe"):
+        train(TrainOptions(task="decoder", out=str(tmp_path), device="cpu"), recipe=other)
+
+
 def test_recipe_without_a_decoder_stage_skips_it(tmp_path):
     from dataclasses import replace
     from ldmcli.train.run import first_stage_file, stages_for

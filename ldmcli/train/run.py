@@ -91,10 +91,8 @@ def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -
     written = {}
     try:
         for stage in stages:
-            if stage == "autoencoder":
-                written[stage] = _train_autoencoder(opts, rec, dist, out, console)
-            elif stage == "decoder":
-                written[stage] = _train_decoder(opts, rec, dist, out, console)
+            if stage in ("autoencoder", "decoder"):
+                written[stage] = _train_first_stage(stage, opts, rec, dist, out, console)
             else:
                 written[stage] = _train_ldm(stage, opts, rec, dist, out, console)
     finally:
@@ -117,44 +115,30 @@ def _workers(opts: TrainOptions, dist: Distributed) -> int:
     return opts.workers or max(1, (os.cpu_count() or 1) // dist.world)
 
 
-def _train_autoencoder(opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
-    s, seed, state_path, state, log_path = _stage_setup("autoencoder", opts, rec, out)
-    console.log(f"autoencoder: building the data pool ({rec.pool_size} examples, {rec.image_size} px)")
-    pool = data_pool(opts.data, rec.image_size, rec.pool_size, opts.seed, "autoencoder", dist.rank, dist.world,
-                     _workers(opts, dist))
-    torch.manual_seed(seed)
-    ae, objectives = build_autoencoder(rec.autoencoder, s)
-    for o in objectives:
-        o.module.to(dist.device)
-    with console.progress(s.steps, "autoencoder") as advance:
-        train_loop(objectives, pool, s, stage="autoencoder", seed=seed, dist=dist, state_path=state_path,
-                   log_path=log_path, state=state, progress=advance, on_log=lambda r: console.log(_line(r)))
-    path = out / AUTOENCODER_FILE
-    if dist.main:
-        save_autoencoder(ae, path, version_string("autoencoder", rec.name, s.steps, opts.seed, opts.data))
-    barrier(dist)
-    return path
-
-
-def _train_decoder(opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
-    s, seed, state_path, state, log_path = _stage_setup("decoder", opts, rec, out)
-    cfg, sd = load_autoencoder(out / AUTOENCODER_FILE)
-    if cfg != rec.autoencoder:
-        raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
-    pool_size = rec.ldm_pool_size or rec.pool_size       # the scenes the LDMs see, more than the autoencoder's
-    console.log(f"decoder: building the data pool ({pool_size} examples, {rec.image_size} px)")
+def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
+    """The autoencoder stage (from scratch, on the autoencoder's pool) or the decoder stage (the autoencoder stage's
+    output with the encoder frozen, on the LDM stages' pool: the scenes they see, more than the autoencoder's)."""
+    s, seed, state_path, state, log_path = _stage_setup(stage, opts, rec, out)
+    pool_size = rec.pool_size
+    if stage == "decoder":
+        cfg, sd = load_autoencoder(out / AUTOENCODER_FILE)
+        if cfg != rec.autoencoder:
+            raise UsageError(f"{out / AUTOENCODER_FILE} was trained with another recipe than --recipe {rec.name}")
+        pool_size = rec.ldm_pool_size or rec.pool_size
+    console.log(f"{stage}: building the data pool ({pool_size} examples, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, "autoencoder", dist.rank, dist.world,
                      _workers(opts, dist))
     torch.manual_seed(seed)
-    ae, objectives = build_decoder_stage(cfg, sd, s)
+    ae, objectives = (build_decoder_stage(cfg, sd, s) if stage == "decoder" else
+                      build_autoencoder(rec.autoencoder, s))
     for o in objectives:
         o.module.to(dist.device)
-    with console.progress(s.steps, "decoder") as advance:
-        train_loop(objectives, pool, s, stage="decoder", seed=seed, dist=dist, state_path=state_path,
+    with console.progress(s.steps, stage) as advance:
+        train_loop(objectives, pool, s, stage=stage, seed=seed, dist=dist, state_path=state_path,
                    log_path=log_path, state=state, progress=advance, on_log=lambda r: console.log(_line(r)))
-    path = out / DECODER_FILE
+    path = out / (DECODER_FILE if stage == "decoder" else AUTOENCODER_FILE)
     if dist.main:
-        save_autoencoder(ae, path, version_string("decoder", rec.name, s.steps, opts.seed, opts.data))
+        save_autoencoder(ae, path, version_string(stage, rec.name, s.steps, opts.seed, opts.data))
     barrier(dist)
     return path
 
