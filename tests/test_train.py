@@ -257,7 +257,10 @@ def test_exports_load_and_sample_with_every_task(full_run):
     for task in R.LDM_TASKS:
         sd, meta = read_checkpoint(written[task])
         assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
-        assert f"task={task} recipe=tiny steps={STEPS} seed=3 data=world" in meta["ldmcli_version"]
+        first_stage = (f"first stage: task=decoder recipe=tiny steps={STEPS} seed=3 data=world; "
+                       f"autoencoder: task=autoencoder recipe=tiny steps={STEPS} seed=3 data=world")
+        assert meta["ldmcli_version"].endswith(f"train task={task} recipe=tiny steps={STEPS} seed=3 data=world; "
+                                               + first_stage)
         model, info = load_model(written[task])
         assert model.cfg.task == task and model.cfg.scale_factor != 1.0
         ema = _state(out, task)["objectives"][task]["ema"]["shadow"]

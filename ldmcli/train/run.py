@@ -138,7 +138,10 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
                    log_path=log_path, state=state, progress=advance, on_log=lambda r: console.log(_line(r)))
     path = out / (DECODER_FILE if stage == "decoder" else AUTOENCODER_FILE)
     if dist.main:
-        save_autoencoder(ae, path, version_string(stage, rec.name, s.steps, opts.seed, opts.data))
+        version = version_string(stage, rec.name, s.steps, opts.seed, opts.data)
+        if stage == "decoder":
+            version += f"; autoencoder: {_provenance(out / AUTOENCODER_FILE)}"
+        save_autoencoder(ae, path, version)
     barrier(dist)
     return path
 
@@ -185,10 +188,18 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     path = out / f"{task}.safetensors"
     if dist.main:
         weights = {k[len("ldm."):]: v for k, v in ema.shadow.items()} if ema else None
-        export_default(model, path, version=version_string(task, rec.name, s.steps, opts.seed, opts.data),
-                       ema_weights=weights)
+        version = version_string(task, rec.name, s.steps, opts.seed, opts.data)
+        export_default(model, path, version=f"{version}; first stage: {_provenance(fs_path)}", ema_weights=weights)
     barrier(dist)
     return path
+
+
+def _provenance(path: Path) -> str:
+    """The provenance string in the header of a first-stage file, without the "ldmcli <version> train " prefix
+    that the exported model's own string already has."""
+    from ldmcli.checkpoint import safetensors_metadata
+    version = safetensors_metadata(path).get("ldmcli_version", "") or "unknown"
+    return version.split(" train ", 1)[1] if version.startswith("ldmcli ") and " train " in version else version
 
 
 def _words_tokenizer(cfg):
