@@ -177,7 +177,10 @@ def _models(z: Sizes) -> Dict[str, ModelConfig]:
     return {
         # 35 DDIM steps: on the 9000-step model the same eval figures as 50 (`ldm eval --task txt2img --steps 35|50
         # --n 30 --samples 4`: 0.975 / 0.075 / 0.725 / 0.852; 25 steps: two-object colours 0.700), and about 2 s end
-        # to end on 2 cores
+        # to end on 2 cores. Guidance 3: on val (`ldm eval --task txt2img --split val --n 150 --samples 4 --scale S`,
+        # caption-variant model, decoder stage) scale 3 / 5 / 7 gave single-object shape 0.330 / 0.385 / 0.320,
+        # two-object colours 0.885 / 0.835 / 0.825, position 0.973 / 0.945 / 0.929, all-object shape 0.337 / 0.342 /
+        # 0.307: 5 trades two-object colours for single-object shape, so 3 stays
         "txt2img": ModelConfig("ldmcli-default-txt2img", "txt2img", _unet(4, context_dim=z.text_width, **cross),
                                fs, text, "crossattn", default_guidance=3.0, **dict(sched, default_steps=35)),
         "inpaint": ModelConfig("ldmcli-default-inpaint", "inpaint", _unet(9, context_dim=z.text_width, **cross),
