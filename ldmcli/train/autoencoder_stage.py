@@ -124,13 +124,12 @@ def save_autoencoder(ae: AutoencoderKL, path, version: str = "") -> Path:
     return path
 
 
-def load_autoencoder(path, stage: str = "autoencoder") -> Tuple[AutoencoderConfig, Dict[str, torch.Tensor]]:
-    """(config, `first_stage_model`-relative state dict) of a file written by `save_autoencoder`; `stage` is the
-    one that writes it (for the error message)."""
+def load_autoencoder(path) -> Tuple[AutoencoderConfig, Dict[str, torch.Tensor]]:
+    """(config, `first_stage_model`-relative state dict) of a file written by `save_autoencoder`."""
     from ldmcli.checkpoint import read_checkpoint, split_prefix
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"no trained {stage} at {path}: train it first (ldm train --task {stage})")
+        raise UsageError(f"no trained autoencoder at {path}: train it first (ldm train --task autoencoder)")
     sd, meta = read_checkpoint(path)
     if "ldmcli_autoencoder" not in meta:
         raise UsageError(f"{path} was not written by ldm train (no autoencoder config in its header)")

@@ -153,7 +153,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
         if not stage_file.is_file():
             raise UsageError(f"no trained {stage_file.stem} at {stage_file}: train it first "
                              f"(ldm train --task {stage_file.stem} --out {out})")
-    fs_cfg, fs_sd = load_autoencoder(fs_path, fs_path.stem)
+    fs_cfg, fs_sd = load_autoencoder(fs_path)
     text_length = rec.text_length if opts.data == "world" else FOLDER_TEXT_LENGTH
     needs_text = task in ("txt2img", "inpaint")
     cfg = R.model_config(rec, task, vocabulary(opts.data) if needs_text else (), text_length)
