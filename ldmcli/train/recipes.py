@@ -230,7 +230,7 @@ def _cpu() -> Recipe:
     # latent channels instead of 4 (1600 steps, n 60: 30.15 dB, shape 0.241, object pixels 0.283 against 4
     # channels' 30.2, 0.25, 0.28); 1000 more decoder steps from the shipped first stage with object pixels (dilated
     # class map) weighted 9x in the loss (n 150: 35.19 dB, 0.469, 0.584; the same 1000 steps unweighted 35.23, 0.476,
-    # 0.597; shipped 35.71, 0.473, 0.599). The loss is lost to size: on 300 val scenes the shipped first stage keeps
+    # 0.597; shipped 35.71, 0.473, 0.599). What is lost goes with size: on 300 val scenes the shipped first stage keeps
     # 62 % of the large shapes (8.5 px across), 38 % of the medium and 15 % of the small (4 px) ones.
     # txt2img 9000 -> 18000 steps (`ldm eval --task txt2img --n 150 --samples 4`, eval split; val in brackets):
     # single-object colour 0.855 -> 0.925 (0.865 -> 0.935), two-object colours 0.685 -> 0.810 (0.590 -> 0.815),

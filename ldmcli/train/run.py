@@ -28,6 +28,7 @@ from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setu
 
 FOLDER_TASKS = ("autoencoder", "decoder", "txt2img", "inpaint", "superres")   # the others need the world's annotations
 FOLDER_TEXT_LENGTH = 77
+FIRST_STAGE_FILES = {"autoencoder": AUTOENCODER_FILE, "decoder": DECODER_FILE}   # what each first-stage stage writes
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,14 @@ def stages_for(task: str, data: str, rec: R.Recipe) -> List[str]:
     return [t for t in R.TASKS if t in rec.stages] if task == "all" else [task]
 
 
+def _first_stage(rec: R.Recipe) -> str:
+    """The stage whose output the LDM stages load and export: the decoder stage when the recipe has one."""
+    return "decoder" if "decoder" in rec.stages else "autoencoder"
+
+
 def first_stage_file(out: Path, rec: R.Recipe) -> Path:
-    """The first stage the LDM stages load and export: the decoder stage's output when the recipe has one."""
-    return out / (DECODER_FILE if "decoder" in rec.stages else AUTOENCODER_FILE)
+    """The first-stage file the LDM stages load and export (`_first_stage`)."""
+    return out / FIRST_STAGE_FILES[_first_stage(rec)]
 
 
 def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -> Dict[str, Path]:
@@ -136,7 +142,7 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
     with console.progress(s.steps, stage) as advance:
         train_loop(objectives, pool, s, stage=stage, seed=seed, dist=dist, state_path=state_path,
                    log_path=log_path, state=state, progress=advance, on_log=lambda r: console.log(_line(r)))
-    path = out / (DECODER_FILE if stage == "decoder" else AUTOENCODER_FILE)
+    path = out / FIRST_STAGE_FILES[stage]
     if dist.main:
         version = version_string(stage, rec.name, s.steps, opts.seed, opts.data)
         if stage == "decoder":
@@ -148,11 +154,11 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
 
 def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
     s, seed, state_path, state, log_path = _stage_setup(task, opts, rec, out)
+    for stage in dict.fromkeys(("autoencoder", _first_stage(rec))):    # the stage to train first, first
+        if not (out / FIRST_STAGE_FILES[stage]).is_file():
+            raise UsageError(f"no trained {stage} at {out / FIRST_STAGE_FILES[stage]}: train it first "
+                             f"(ldm train --task {stage} --out {out})")
     fs_path = first_stage_file(out, rec)
-    for stage_file in dict.fromkeys((out / AUTOENCODER_FILE, fs_path)):    # the stage to train first, first
-        if not stage_file.is_file():
-            raise UsageError(f"no trained {stage_file.stem} at {stage_file}: train it first "
-                             f"(ldm train --task {stage_file.stem} --out {out})")
     fs_cfg, fs_sd = load_autoencoder(fs_path)
     text_length = rec.text_length if opts.data == "world" else FOLDER_TEXT_LENGTH
     needs_text = task in ("txt2img", "inpaint")
