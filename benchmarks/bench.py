@@ -22,8 +22,8 @@ import warnings
 import torch
 
 from benchmarks.oracle import ddim_scheduler, diffusers_unet, diffusers_vae
-from ldmcli import config as C
-from ldmcli import presets
+from ldmcli.models import config as C
+from ldmcli.loading import presets
 
 FULL = {"sd15-512": presets.SD1, "sd21-768": presets.SD2_V, "x4-upscaler": presets.SD_X4_UPSCALER}
 _TINY_VAE = C.AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, ch=32, ch_mult=(1, 2), resolution=32)
@@ -81,7 +81,7 @@ def conditions(cfg: C.ModelConfig, batch: int, device, dtype, seed: int = 1):
 
 
 def run_ours(model, cond, uncond, seeds, steps, scale):
-    from ldmcli.tasks.common import SamplerSettings, sample_latents
+    from ldmcli.sampling.pipeline import SamplerSettings, sample_latents
     settings = SamplerSettings(sampler="ddim", steps=steps, guidance_scale=scale, eta=0.0)
     shape = (model.cfg.latent_channels, model.cfg.latent_size, model.cfg.latent_size)
     z = sample_latents(model, cond, uncond, shape, seeds, settings)
@@ -90,7 +90,7 @@ def run_ours(model, cond, uncond, seeds, steps, scale):
 
 
 def run_diffusers(cfg, unet, vae, cond, uncond, seeds, steps, scale, device, dtype):
-    from ldmcli.sampling import initial_noise
+    from ldmcli.sampling.samplers import initial_noise
     sched = ddim_scheduler(cfg)
     sched.set_timesteps(steps)
     x = initial_noise((len(seeds), cfg.latent_channels, cfg.latent_size, cfg.latent_size), seeds, device=device)
@@ -142,7 +142,7 @@ def unet_flops_per_image_step(model, cond, uncond) -> float:
 def bench_config(name, cfg, args, device, dtype):
     model, unet, vae = build(cfg, device, dtype)
     if args.compile:
-        from ldmcli.compiling import compile_unet
+        from ldmcli.loading.compiling import compile_unet
         compile_unet(model)                                      # what `ldm ... --compile` does
     peers = {"diffusers": unet}
     if args.diffusers_compile:

@@ -4,7 +4,7 @@
     python -m benchmarks.load_time --preset sd2-base --dtype float32 --keep /tmp/sd2.safetensors
 
 Writes a random-weight checkpoint in the CompVis layout, then times (page cache warm for both, best of N):
-reading every byte of the file, and `ldmcli.checkpoint.load_model` in the file's dtype (meta-device build, no
+reading every byte of the file, and `ldmcli.loading.checkpoint.load_model` in the file's dtype (meta-device build, no
 random init, tensors assigned from the memory-mapped file) — the ratio the target is about — and, separately,
 load + conversion to float32 (what a CPU run of an fp16 file adds). Prints one JSON line.
 """
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ldmcli.checkpoint import load_model, save_safetensors
+from ldmcli.loading.checkpoint import load_model, save_safetensors
 
 
 def write_checkpoint(preset: str, dtype: torch.dtype, path: Path) -> int:
     """A full-size random checkpoint of `preset` (tensor names and shapes from a meta build); returns its bytes."""
     from ldmcli.models.ldm import LatentDiffusion
-    from ldmcli.presets import preset as get
+    from ldmcli.loading.presets import preset as get
     with torch.device("meta"):
         model = LatentDiffusion(get(preset))
     g = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ldmcli import config as C
+from ldmcli.models import config as C
 
 
 def original_config(cfg: C.ModelConfig) -> dict:

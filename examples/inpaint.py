@@ -5,9 +5,9 @@
 """
 import argparse
 
-from ldmcli.images import load_image, load_mask
-from ldmcli.run import load
-from ldmcli.tasks.common import SamplerSettings
+from ldmcli.io.images import load_image, load_mask
+from ldmcli.loading.load import load
+from ldmcli.sampling.pipeline import SamplerSettings
 from ldmcli.tasks.inpaint import inpaint
 
 p = argparse.ArgumentParser()

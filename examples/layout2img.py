@@ -5,9 +5,9 @@
 """
 import argparse
 
-from ldmcli.layout import LayoutBox
-from ldmcli.run import load
-from ldmcli.tasks.common import SamplerSettings
+from ldmcli.io.layout import LayoutBox
+from ldmcli.loading.load import load
+from ldmcli.sampling.pipeline import SamplerSettings
 from ldmcli.tasks.layout2img import layout2img, list_labels
 
 p = argparse.ArgumentParser()

@@ -5,9 +5,9 @@
 """
 import argparse
 
-from ldmcli.images import load_image
-from ldmcli.run import load
-from ldmcli.tasks.common import SamplerSettings
+from ldmcli.io.images import load_image
+from ldmcli.loading.load import load
+from ldmcli.sampling.pipeline import SamplerSettings
 from ldmcli.tasks.superres import superres
 
 p = argparse.ArgumentParser()

@@ -1,3 +1,3 @@
-from ldmcli.cli import main
+from ldmcli.cli.app import main
 
 main()

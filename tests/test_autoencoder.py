@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-from ldmcli.config import AutoencoderConfig
+from ldmcli.models.config import AutoencoderConfig
 from ldmcli.models.autoencoder import AutoencoderKL, DiagonalGaussian, VQModel, build_first_stage
-from ldmcli.models.vae_tiling import blend_plan, decode_tiled, encode_tiled
+from ldmcli.sampling.tiles import blend_plan, decode_tiled, encode_tiled
 
 # Small configs: ch 32 keeps GroupNorm(32) valid; resolution 32 with f2 puts level 1 at nominal size 16.
 SMALL_KL = AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, ch=32, ch_mult=(1, 2), resolution=32)

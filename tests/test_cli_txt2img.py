@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli.checkpoint import config_metadata, save_safetensors
-from ldmcli.cli import app
+from ldmcli.loading.checkpoint import config_metadata, save_safetensors
+from ldmcli.cli.app import app
 from tiny import SD1_TINY, SD2_TINY, compvis_state_dict, tiny_model
 
 runner = CliRunner()
@@ -130,7 +130,7 @@ model:
 def test_txt2img_lightning_ckpt_with_ema_and_yaml_config(tmp_path, monkeypatch):
     """A Lightning-style .ckpt ({"state_dict": ...} with model_ema.*) of an SD2-style v model, configured by an
     original-format YAML. EMA weights are chosen by default; --no-ema picks the plain ones."""
-    import ldmcli.yaml_config as yc
+    import ldmcli.loading.yaml_config as yc
     cfg = yc.config_from_yaml(TINY_SD2_YAML)
     # the tiny OpenCLIP tower: the YAML's FrozenOpenCLIPEmbedder means ViT-H (1024 wide); shrink it for the test
     monkeypatch.setattr(yc, "config_from_yaml", lambda *a, **k: cfg.with_(cond_stage=SD2_TINY.cond_stage))
@@ -189,10 +189,10 @@ def test_truncated_and_unet_only_files_get_one_line_diagnosis(tmp_path, sd1_file
 
 
 def test_help_is_fast():
-    code = "import time; t = time.perf_counter(); import ldmcli.cli; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import ldmcli.cli.app; print(time.perf_counter() - t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 0.3
-    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, ldmcli.cli; print(sorted(sys.modules))"],
+    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, ldmcli.cli.app; print(sorted(sys.modules))"],
                                          capture_output=True, text=True).stdout
 
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli.checkpoint import config_metadata, save_safetensors
-from ldmcli.cli import app
+from ldmcli.loading.checkpoint import config_metadata, save_safetensors
+from ldmcli.cli.app import app
 from tiny import SD1_TINY, compvis_state_dict, tiny_model
 
 runner = CliRunner()

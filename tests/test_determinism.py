@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli.checkpoint import config_metadata, save_safetensors
-from ldmcli.cli import app
+from ldmcli.loading.checkpoint import config_metadata, save_safetensors
+from ldmcli.cli.app import app
 from ldmcli.errors import UsageError
-from ldmcli.tasks.common import SamplerSettings
+from ldmcli.sampling.pipeline import SamplerSettings
 from tiny import SD1_TINY, compvis_state_dict, tiny_model
 
 PROMPT = "a red circle above a blue square"

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldmcli.config import (BERTConfig, CLIPTextConfig, ClassEmbedderConfig, OpenCLIPTextConfig,
+from ldmcli.models.config import (BERTConfig, CLIPTextConfig, ClassEmbedderConfig, OpenCLIPTextConfig,
                            SpatialRescalerConfig)
 from ldmcli.errors import UsageError
 from ldmcli.models.encoders import (BERTEmbedder, ClassEmbedder, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder,

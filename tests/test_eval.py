@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli import evaluate as E
+from ldmcli.eval import evaluate as E
 from ldmcli.world import metrics as M
-from ldmcli.cli import app
+from ldmcli.cli.app import app
 from ldmcli.errors import UsageError
 from ldmcli.world.scenes import parse_caption, split_of
 
@@ -174,7 +174,7 @@ def test_autoencoder_ceiling_of_a_lossless_first_stage_is_perfect(tiny_ckpts, mo
 
 def test_ceiling_reads_a_first_stage_file_of_ldm_train(tiny_ckpts, tmp_path):
     """`--ckpt autoencoder=<run>/autoencoder.safetensors` gives the same row as a task model with that first stage."""
-    from ldmcli.run import load
+    from ldmcli.loading.load import load
     from ldmcli.train.autoencoder_stage import save_autoencoder
     model, _ = load(tiny_ckpts["txt2img"], device="cpu")
     ae_file = save_autoencoder(model.first_stage_model, tmp_path / "autoencoder.safetensors")
@@ -219,7 +219,7 @@ def test_cli_json_and_table(tiny_ckpts):
 
 
 def test_cli_usage_errors(tiny_ckpts, tmp_path, monkeypatch):
-    import ldmcli.weights as W
+    import ldmcli.loading.registry as W
     monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path)
     monkeypatch.setattr(W, "REGISTRY_FILE", tmp_path / "registry.json")
     missing = _invoke("--task", "txt2img,layout2img", "--ckpt", f"txt2img={tiny_ckpts['txt2img']}")

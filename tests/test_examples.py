@@ -17,7 +17,7 @@ EXAMPLES = ROOT / "examples"
 
 
 def _defaults_present() -> bool:
-    from ldmcli.weights import TASKS, default_path
+    from ldmcli.loading.registry import TASKS, default_path
     try:
         for t in TASKS:
             default_path(t)
@@ -56,7 +56,7 @@ def test_python_examples(tmp_path):
     inpainted = [p for p in tmp_path.glob("*.png") if "inpaint" in p.name]
     assert inpainted, pngs
     out = np.asarray(Image.open(inpainted[0]).convert("RGB"))
-    from ldmcli.images import load_mask
+    from ldmcli.io.images import load_mask
     keep = load_mask(str(tmp_path / "mask.png"), size=(size, size), blur=2) == 0   # the example feathers by 2 px
     assert keep.sum() >= 256 and (out[keep] == 128).all()   # outside the feathered mask: the input, exactly
 

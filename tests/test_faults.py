@@ -37,9 +37,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import ldmcli.tasks.common as common
-from ldmcli.checkpoint import config_metadata, save_safetensors
-from ldmcli.cli import app
+import ldmcli.sampling.pipeline as common
+from ldmcli.loading.checkpoint import config_metadata, save_safetensors
+from ldmcli.cli.app import app
 from test_fuzz import tiff
 from tiny import SD1_TINY, compvis_state_dict, tiny_model
 

@@ -28,10 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ldmcli import jobs
+from ldmcli.cli import jobs
 from ldmcli.errors import InputError, UsageError
-from ldmcli.images import MAX_PIXELS, load_image, load_mask
-from ldmcli.outputs import parse_a1111, read_metadata
+from ldmcli.io.images import MAX_PIXELS, load_image, load_mask
+from ldmcli.io.png import parse_a1111, read_metadata
 from tiny import SD1_TINY, compvis_state_dict, tiny_model
 
 DOCUMENTED = (InputError, UsageError)
@@ -64,7 +64,7 @@ def quietly(fn, *args, **kwargs):
     finally:
         logging.getLogger().removeHandler(handler)
     assert not caught, [str(w.message) for w in caught]
-    # the "PIL" logger has a NullHandler (ldmcli.images): its records reach configured handlers, never stderr
+    # the "PIL" logger has a NullHandler (ldmcli.io.images): its records reach configured handlers, never stderr
     assert all(r.name.startswith("PIL") for r in records), [r.getMessage() for r in records]
     return out
 
@@ -119,8 +119,8 @@ def _check_job(job: jobs.Job) -> None:
 
 def _through_batch_checks(job: jobs.Job) -> None:
     """What the batch runner checks before a model runs: required fields, sampler settings, sizes."""
-    from ldmcli import batch
-    from ldmcli.tasks.common import check_size
+    from ldmcli.cli import runner as batch
+    from ldmcli.sampling.pipeline import check_size
 
     class Model:   # check_size needs only the config
         cfg = SD1_TINY
@@ -243,7 +243,7 @@ def tiff(bomb: bool) -> bytes:
 def test_pillow_noise_stays_off_stderr_in_a_real_process(tmp_path):
     """Outside pytest (whose logging handlers would swallow it) Pillow's ERROR log line and UserWarnings about
     hostile TIFFs must not reach stderr: each failed job is exactly one `ldm: error:` line."""
-    from ldmcli.checkpoint import config_metadata, save_safetensors
+    from ldmcli.loading.checkpoint import config_metadata, save_safetensors
     ckpt = tmp_path / "tiny.safetensors"
     save_safetensors(compvis_state_dict(tiny_model(SD1_TINY, seed=5)), ckpt, config_metadata(SD1_TINY))
     Image.new("L", (9, 7), 255).save(tmp_path / "mask.png")
@@ -266,7 +266,7 @@ def test_pillow_noise_stays_off_stderr_in_a_real_process(tmp_path):
 # --- layouts (ldmcli/layout.py, when present) ---------------------------------------------------------------------
 def _layout_module():
     """Imported per test, so that only these tests skip while layout.py does not exist."""
-    return pytest.importorskip("ldmcli.layout")
+    return pytest.importorskip("ldmcli.io.layout")
 
 
 box_objects = st.fixed_dictionaries(

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ldmcli import config as C
-from ldmcli.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.models import config as C
+from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
 from ldmcli.errors import InputError, UsageError
-from ldmcli.images import pil_to_tensor
-from ldmcli.jobs import Job
-from ldmcli.tasks.common import SamplerSettings, pad_to_multiple
+from ldmcli.io.images import pil_to_tensor
+from ldmcli.cli.jobs import Job
+from ldmcli.sampling.pipeline import SamplerSettings, pad_to_multiple
 from ldmcli.tasks.inpaint import inpaint, inpaint_family, ldm_condition, paste_back, run_job, sd_condition
 from tiny import SD1_TINY, SD2_TINY, TINY_UNET, TINY_VQ, compvis_state_dict, tiny_model
 

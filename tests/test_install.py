@@ -37,7 +37,7 @@ def test_install_writes_files_and_registry_entries(tmp_path, monkeypatch):
         assert e["source"] == f"ldmcli test train task={t}"
     assert set(written) == {f"ldmcli-default-{t}" for t in TASKS}
     assert not [p for p in weights.iterdir() if ".tmp" in p.name]
-    import ldmcli.weights as W
+    import ldmcli.loading.registry as W
     monkeypatch.setattr(W, "WEIGHTS_DIR", weights)
     monkeypatch.setattr(W, "REGISTRY_FILE", weights / "registry.json")
     assert W.default_path("superres") == weights / "ldmcli-default-superres.safetensors"

@@ -1,4 +1,4 @@
-"""Input loading (ldmcli.images), atomic outputs with metadata (ldmcli.outputs) and the stderr console."""
+"""Input loading (ldmcli.io.images), atomic outputs with metadata (ldmcli.io.png) and the stderr console."""
 import errno
 import io
 import os
@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ldmcli import outputs
-from ldmcli.console import Console
+from ldmcli.io import png as outputs
+from ldmcli.cli.console import Console
 from ldmcli.errors import InputError, LdmError, UsageError
-from ldmcli.images import (MAX_PIXELS, load_color_map, load_image, load_index_map, load_mask, pil_to_tensor,
+from ldmcli.io.images import (MAX_PIXELS, load_color_map, load_image, load_index_map, load_mask, pil_to_tensor,
                            tensor_to_pil)
-from ldmcli.outputs import (a1111_parameters, output_name, parse_a1111, read_metadata, write_png_atomic,
+from ldmcli.io.png import (a1111_parameters, output_name, parse_a1111, read_metadata, write_png_atomic,
                             write_png_stdout)
 
 RECORD = dict(prompt="a cat", negative_prompt="blurry", steps=50, sampler="ddim", scale=7.5, seed=1,

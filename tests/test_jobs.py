@@ -1,4 +1,4 @@
-"""Batch job files (ldmcli.jobs): formats, errors with line numbers, paths, sharding, seeds, fuzzing."""
+"""Batch job files (ldmcli.cli.jobs): formats, errors with line numbers, paths, sharding, seeds, fuzzing."""
 import dataclasses
 import io
 import json
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ldmcli import jobs
+from ldmcli.cli import jobs
 from ldmcli.errors import InputError, UsageError
-from ldmcli.jobs import Job, read_jobs, seed_for, shard
+from ldmcli.cli.jobs import Job, read_jobs, seed_for, shard
 
 
 def write(tmp_path, text, name="jobs.txt"):

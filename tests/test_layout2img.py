@@ -13,14 +13,14 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ldmcli import config as C
-from ldmcli.checkpoint import config_metadata, load_model, save_safetensors
-from ldmcli.cli import app
+from ldmcli.models import config as C
+from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.cli.app import app
 from ldmcli.errors import InputError, UsageError
-from ldmcli.jobs import Job
-from ldmcli.layout import (LayoutBox, coordinate_token, layout_tokens, normalised_boxes, parse_box, read_layout,
+from ldmcli.cli.jobs import Job
+from ldmcli.io.layout import (LayoutBox, coordinate_token, layout_tokens, normalised_boxes, parse_box, read_layout,
                            unconditional_tokens)
-from ldmcli.tasks.common import SamplerSettings
+from ldmcli.sampling.pipeline import SamplerSettings
 from ldmcli.tasks.layout2img import layout2img, layout_condition, list_labels, run_job
 from tiny import compvis_state_dict, tiny_model
 
@@ -258,7 +258,7 @@ def test_cli_list_labels(files):
 
 
 def test_other_families_are_refused():
-    from ldmcli.presets import LDM_SEMANTIC256
+    from ldmcli.loading.presets import LDM_SEMANTIC256
     from ldmcli.tasks.layout2img import check_layout_model
     with pytest.raises(UsageError, match="not a layout-to-image model"):
         check_layout_model(LDM_SEMANTIC256)

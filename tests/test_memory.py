@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ldmcli.tasks.common as common
-from ldmcli import presets
-from ldmcli.checkpoint import config_metadata, save_safetensors
-from ldmcli.cli import app
+import ldmcli.sampling.pipeline as common
+from ldmcli.loading import presets
+from ldmcli.loading.checkpoint import config_metadata, save_safetensors
+from ldmcli.cli.app import app
 from ldmcli.errors import LdmError, UsageError
-from ldmcli.images import tensor_to_pil
-from ldmcli.models.vae_tiling import decode_tiled
+from ldmcli.io.images import tensor_to_pil
+from ldmcli.sampling.tiles import decode_tiled
 from tiny import SD1_TINY, compvis_state_dict, tiny_model
 
 GiB = 2**30
@@ -98,10 +98,10 @@ def test_attention_blocks_never_form_the_score_matrix():
 
 _MEASURE = textwrap.dedent("""
     import sys, torch
-    from ldmcli import config as C
+    from ldmcli.models import config as C
     from ldmcli.models.unet import UNetModel
     from ldmcli.models.autoencoder import build_first_stage
-    from ldmcli.tasks.common import unet_bytes, decoder_bytes
+    from ldmcli.sampling.pipeline import unet_bytes, decoder_bytes
     torch.set_num_threads(1)
     def status(key):
         return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
@@ -172,7 +172,7 @@ def test_size_hard_cap(model):
 
 def test_cli_refuses_huge_size_before_sampling(sd1_file, tmp_path, monkeypatch):
     monkeypatch.setattr(common, "available_memory", lambda device: (24 * GiB, "this machine has 24.0 GiB of RAM"))
-    monkeypatch.setattr("ldmcli.sampling.sample", lambda *a, **k: pytest.fail("sampling started"))
+    monkeypatch.setattr("ldmcli.sampling.samplers.sample", lambda *a, **k: pytest.fail("sampling started"))
     r = CliRunner().invoke(app, ["txt2img", "x", "--ckpt", str(sd1_file), "-H", "16384", "-W", "16384",
                                  "-o", str(tmp_path / "out"), "-q"])
     assert r.exit_code == 2
@@ -261,7 +261,7 @@ def test_oom_retries_by_tiles(caplog):
 def test_tiled_decode_keeps_both_fallbacks(caplog):
     """The decode of tiled sampling (semantic2img/superres at large sizes) goes through the same fallbacks: a
     bfloat16 first stage that decodes NaN is retried in float32, and an out-of-memory tile is halved."""
-    from ldmcli.tasks.tiled import Tiling, decode_images
+    from ldmcli.sampling.tiled import Tiling, decode_images
     z = _latent(tiny_model(SD1_TINY, seed=3), side=32)
     ref = tiny_model(SD1_TINY, seed=3).to(torch.bfloat16)
     ref.first_stage_model.float()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldmcli.checkpoint import config_metadata, load_model, save_safetensors
-from ldmcli.sampling import initial_noise
-from ldmcli.tasks.common import SamplerSettings, sample_latents
+from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.sampling.samplers import initial_noise
+from ldmcli.sampling.pipeline import SamplerSettings, sample_latents
 from tiny import SD1_TINY, SD2_TINY, compvis_state_dict, tiny_model
 
 diffusers = pytest.importorskip("diffusers")

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldmcli import miniyaml
-from ldmcli.detect import detect_family
+from ldmcli.loading import miniyaml
+from ldmcli.loading.detect import detect_family
 from ldmcli.errors import UsageError
 from ldmcli.models.ldm import LatentDiffusion
-from ldmcli.presets import PRESETS, preset
-from ldmcli.yaml_config import config_from_yaml
+from ldmcli.loading.presets import PRESETS, preset
+from ldmcli.loading.yaml_config import config_from_yaml
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CONFIGS = REF / "configs"

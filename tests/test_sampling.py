@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from ldmcli.errors import UsageError
-from ldmcli.guidance import cfg_model, eps_model, predict_x0
-from ldmcli.sampling import (SAMPLERS, initial_noise, sample, sample_plms, seeded_noise)
-from ldmcli.schedules import (alphas_cumprod_from, ddim_timesteps, k_sigmas, linear_betas, sigma_to_t, t_to_alpha,
+from ldmcli.sampling.guidance import cfg_model, eps_model, predict_x0
+from ldmcli.sampling.samplers import (SAMPLERS, initial_noise, sample, sample_plms, seeded_noise)
+from ldmcli.sampling.schedules import (alphas_cumprod_from, ddim_timesteps, k_sigmas, linear_betas, sigma_to_t, t_to_alpha,
                               trailing_timesteps)
 
 AC = alphas_cumprod_from(0.00085, 0.012)

@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli import config as C
-from ldmcli.checkpoint import config_metadata, load_model, save_safetensors
-from ldmcli.cli import app
+from ldmcli.models import config as C
+from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.cli.app import app
 from ldmcli.errors import InputError, UsageError
-from ldmcli.jobs import Job
-from ldmcli.segmap import check_class_ids, one_hot, parse_palette, read_segmap
-from ldmcli.tasks.common import SamplerSettings
+from ldmcli.cli.jobs import Job
+from ldmcli.io.segmap import check_class_ids, one_hot, parse_palette, read_segmap
+from ldmcli.sampling.pipeline import SamplerSettings
 from ldmcli.tasks.semantic2img import list_labels, run_job, semantic2img, semantic_condition
 from tiny import compvis_state_dict, tiny_model
 
@@ -194,7 +194,7 @@ def test_large_map_full_size_and_tiled(models):
 def test_tiles_by_itself_when_one_pass_would_not_fit(models, monkeypatch):
     """With no tile option, a map whose one-pass UNet activations exceed the device's memory runs in native tiles
     (the result equals an explicit native tiling), instead of being refused."""
-    import ldmcli.tasks.common as common
+    import ldmcli.sampling.pipeline as common
     public, _ = models
     seg = _map(32, 64, 182, seed=2)
     real = common.unet_bytes       # x1000: the UNet dominates memory, as in a full-size model (the tiny VAE here)
@@ -315,7 +315,7 @@ def test_cli_batch_palette_paths(files, tmp_path, monkeypatch):
 def test_cli_batch_checks_files_before_loading(files, tmp_path, monkeypatch):
     """Jobs whose input files are missing fail one line each before the model is loaded; when no job is left the
     model is never loaded; the good jobs of a mixed batch still run (exit 3: some failed)."""
-    import ldmcli.batch
+    import ldmcli.cli.runner
     Image.fromarray(_map(16, 16, 7).astype(np.uint8), mode="L").save(tmp_path / "good.png")
     (tmp_path / "adir").mkdir()
     bad = [{"segmap": "missing.png"}, {"segmap": "adir"}, {"segmap": "good.png", "extra": {"palette": "nope.json"}}]
@@ -323,8 +323,8 @@ def test_cli_batch_checks_files_before_loading(files, tmp_path, monkeypatch):
     (tmp_path / "mixed.jsonl").write_text(json.dumps({"segmap": "missing.png"}) + "\n"
                                           + json.dumps({"segmap": "good.png"}) + "\n")
     loaded = []
-    real = ldmcli.batch._load_model
-    monkeypatch.setattr(ldmcli.batch, "_load_model", lambda *a: loaded.append(1) or real(*a))
+    real = ldmcli.cli.runner._load_model
+    monkeypatch.setattr(ldmcli.cli.runner, "_load_model", lambda *a: loaded.append(1) or real(*a))
     common = ["--ckpt", files["tiny-semantic2img-named"], "--steps", 1, "-q"]
     r = ldm("semantic2img", "--from-file", tmp_path / "bad.jsonl", *common, "-o", tmp_path / "out")
     assert r.exit_code == 2 and not loaded, (r.exit_code, r.stderr)

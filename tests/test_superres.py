@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ldmcli import config as C
-from ldmcli.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.models import config as C
+from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
 from ldmcli.errors import UsageError
-from ldmcli.images import pil_to_tensor
-from ldmcli.jobs import Job
-from ldmcli.tasks.common import SamplerSettings, sample_latents
+from ldmcli.io.images import pil_to_tensor
+from ldmcli.cli.jobs import Job
+from ldmcli.sampling.pipeline import SamplerSettings, sample_latents
 from ldmcli.tasks.superres import run_job, superres, x4_condition
-from ldmcli.tasks.tiled import TiledModel, Tiling, plan_tiling, tiled_apply
+from ldmcli.sampling.tiled import TiledModel, Tiling, plan_tiling, tiled_apply
 from tiny import TINY_OPENCLIP, compvis_state_dict, tiny_model
 
 VQ_F4 = C.AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 1, 2), resolution=32,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldmcli.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
+from ldmcli.models.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
 from ldmcli.errors import UsageError
 from ldmcli.tokenizers import CLIPBPETokenizer, WordPieceTokenizer, tokenizer_for
 from ldmcli.tokenizers.clip_bpe import VOCAB_FILE, find_vocab, load_bpe

@@ -31,7 +31,7 @@ def tiny_recipe(steps: int = STEPS) -> R.Recipe:
 
 
 class Recorder:
-    """A stand-in for ldmcli.console.Console that records progress and can interrupt a stage after n steps."""
+    """A stand-in for ldmcli.cli.console.Console that records progress and can interrupt a stage after n steps."""
 
     def __init__(self, stop_stage=None, stop_after=None):
         self.stop_stage, self.stop_after = stop_stage, stop_after
@@ -233,9 +233,9 @@ def test_resume_continues_exactly(full_run, tmp_path, stage):
 
 
 def test_exports_load_and_sample_with_every_task(full_run):
-    from ldmcli.checkpoint import load_model, read_checkpoint
-    from ldmcli.layout import LayoutBox
-    from ldmcli.tasks.common import SamplerSettings
+    from ldmcli.loading.checkpoint import load_model, read_checkpoint
+    from ldmcli.io.layout import LayoutBox
+    from ldmcli.sampling.pipeline import SamplerSettings
     from ldmcli.tasks.inpaint import inpaint
     from ldmcli.tasks.layout2img import layout2img
     from ldmcli.tasks.semantic2img import semantic2img
@@ -271,7 +271,7 @@ def test_exports_load_and_sample_with_every_task(full_run):
 
 
 def test_folder_data(tmp_path):
-    from ldmcli.checkpoint import load_model
+    from ldmcli.loading.checkpoint import load_model
     from ldmcli.tokenizers.words import build_vocab
     data = tmp_path / "images"
     data.mkdir()
@@ -297,7 +297,7 @@ def test_folder_data(tmp_path):
 def test_decoder_stage_keeps_the_encoder_and_the_exports_carry_its_decoder(full_run):
     """The decoder stage changes the decoder side only (the latents every LDM trained on stay bit for bit), and the
     LDM exports hold that decoder."""
-    from ldmcli.checkpoint import read_checkpoint
+    from ldmcli.loading.checkpoint import read_checkpoint
     from ldmcli.train.autoencoder_stage import load_autoencoder
     out, written = full_run
     _, before = load_autoencoder(written["autoencoder"])
@@ -316,7 +316,7 @@ def test_resumed_export_takes_the_first_stage_from_its_file(full_run, tmp_path):
     """`--resume` of a finished LDM stage re-exports it with the first stage of the run's file (a decoder stage
     trained after it lands in the export), not the copy in the training state."""
     import shutil
-    from ldmcli.checkpoint import read_checkpoint
+    from ldmcli.loading.checkpoint import read_checkpoint
     from ldmcli.train.autoencoder_stage import DECODER_FILE, load_autoencoder, save_autoencoder
     out, _ = full_run
     run = tmp_path / "run"
@@ -411,7 +411,7 @@ def test_mse_term_weights_pixels_by_their_error():
 
 
 def test_layout_coordinate_tokens_start_smooth_and_classes_random():
-    from ldmcli.layout import coordinate_token
+    from ldmcli.io.layout import coordinate_token
     from ldmcli.train.ldm_stage import coordinate_init_
     torch.manual_seed(0)
     w = torch.randn(8192, 64)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldmcli.config import UNetConfig
+from ldmcli.models.config import UNetConfig
 from ldmcli.models.attention import AttentionBlock, SpatialTransformer, attention
 from ldmcli.models.unet import UNetModel, attention_heads
 from ldmcli.models.unet_blocks import ResBlock, timestep_embedding

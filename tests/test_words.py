@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ldmcli.config import BERTConfig
+from ldmcli.models.config import BERTConfig
 from ldmcli.errors import UsageError
 from ldmcli.tokenizers import tokenizer_for
 from ldmcli.tokenizers.words import SPECIALS, WordsTokenizer, build_vocab, words_of
@@ -60,7 +60,7 @@ def test_tokenizer_for_reads_the_vocab_from_the_config():
 
 
 def test_vocab_survives_the_checkpoint_header_json():
-    from ldmcli.detect import config_from_json, config_to_json
+    from ldmcli.loading.detect import config_from_json, config_to_json
     from ldmcli.train.recipes import model_config, recipe
     cfg = model_config(recipe("cpu"), "txt2img", VOCAB)
     back = config_from_json(config_to_json(cfg))

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ldmcli import config as C
+from ldmcli.models import config as C
 
 TINY_VAE = C.AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, ch=32, ch_mult=(1, 2), resolution=32)
 TINY_VQ = C.AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 2), resolution=32,

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import AutoencoderConfig
+from ldmcli.models.config import AutoencoderConfig
 from .autoencoder_blocks import Decoder, Encoder
 
 

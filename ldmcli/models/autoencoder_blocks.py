@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AutoencoderConfig
+from ldmcli.models.config import AutoencoderConfig
 
 # "vanilla-xformers" is the SD2 memory-efficient block: same keys and math as "vanilla".
 ATTN_TYPES = ("vanilla", "vanilla-xformers", "none")

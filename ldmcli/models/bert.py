@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldmcli.config import BERTConfig
+from ldmcli.models.config import BERTConfig
 from ldmcli.models.clip_text import TextEncoder, attention
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcli.config import CLIPTextConfig
+from ldmcli.models.config import CLIPTextConfig
 from ldmcli.errors import UsageError
 from ldmcli.tokenizers import tokenizer_for
 

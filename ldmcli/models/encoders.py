@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcli.config import (BERTConfig, CLIPTextConfig, ClassEmbedderConfig, CondStageConfig, OpenCLIPTextConfig,
+from ldmcli.models.config import (BERTConfig, CLIPTextConfig, ClassEmbedderConfig, CondStageConfig, OpenCLIPTextConfig,
                            SpatialRescalerConfig)
 from ldmcli.errors import UsageError
 from ldmcli.models.bert import BERTEmbedder

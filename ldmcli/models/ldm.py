@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ldmcli.config import ModelConfig
-from ldmcli.sampling import alphas_cumprod_from
+from ldmcli.models.config import ModelConfig
+from ldmcli.sampling.samplers import alphas_cumprod_from
 
 
 class DiffusionWrapper(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcli.config import OpenCLIPTextConfig
+from ldmcli.models.config import OpenCLIPTextConfig
 from ldmcli.models.clip_text import TextEncoder, attention, blocks_to_run
 
 

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import UNetConfig
+from ldmcli.models.config import UNetConfig
 from .attention import AttentionBlock, SpatialTransformer
 from .unet_blocks import (Downsample, ResBlock, TimestepEmbedSequential, Upsample, normalization,
                           timestep_embedding)

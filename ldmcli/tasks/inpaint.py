@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldmcli.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
+from ldmcli.models.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
 from ldmcli.errors import InputError, UsageError
-from ldmcli.tasks.common import (Cond, SamplerSettings, decode, job_option, latent_multiple, pad_to_multiple,
+from ldmcli.sampling.pipeline import (Cond, SamplerSettings, decode, job_option, latent_multiple, pad_to_multiple,
                                  sample_latents, side_generator)
 
 _ENCODE_STREAM = 0xE4C   # the posterior sample of sample k comes from seeds[k] + this (common.side_generator)
@@ -124,7 +124,7 @@ def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", *, 
             settings: SamplerSettings = SamplerSettings(), callback: Optional[Callable] = None):
     """Repaint where `mask` (float [H, W] in [0, 1], 1 = repaint; thresholded at 0.5 for the model, used as alpha
     for the paste-back) is set; one image of the input's size per seed. Returns a list of PIL images."""
-    from ldmcli.images import pil_to_tensor
+    from ldmcli.io.images import pil_to_tensor
     family = inpaint_family(model.cfg)
     mask = check_mask(image, mask)
     width, height = image.size
@@ -142,7 +142,7 @@ def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", *, 
 
 def run_job(model, job, seeds: List[int], settings: SamplerSettings, callback: Optional[Callable] = None):
     """Batch adapter: the job's image and mask files, with `extra` options mask_blur (pixels) and invert_mask."""
-    from ldmcli.images import load_image, load_mask
+    from ldmcli.io.images import load_image, load_mask
     if not job.image or not job.mask:
         raise UsageError("inpaint needs an image and a mask")
     image = load_image(job.image)

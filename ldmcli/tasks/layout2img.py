@@ -1,6 +1,6 @@
 """layout2img: p(z | τθ(bounding-box tokens)) (LDM §4.3.1, Fig. 8; MODELS.md §6.4).
 
-The layout becomes the token sequence of `ldmcli.layout` (3 tokens per object, padding, 2 crop tokens), the
+The layout becomes the token sequence of `ldmcli.io.layout` (3 tokens per object, padding, 2 crop tokens), the
 model's `BERTEmbedder` (tokenizer "none") encodes it into cross-attention context, and the shared sampler does the
 rest. The reference used no guidance (200 DDIM steps, η = 0); with a guidance scale other than 1 the unconditional
 input is the empty layout (all padding, crop tokens kept), as a third party did (§6.4).
@@ -16,12 +16,12 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from ldmcli.config import BERTConfig
+from ldmcli.models.config import BERTConfig
 from ldmcli.data import OPENIMAGES, label_id, read_label_file
 from ldmcli.errors import UsageError
-from ldmcli.layout import (LayoutBox, boxes_from_option, layout_tokens, max_objects, normalised_boxes, read_layout,
+from ldmcli.io.layout import (LayoutBox, boxes_from_option, layout_tokens, max_objects, normalised_boxes, read_layout,
                            unconditional_tokens)
-from ldmcli.tasks.common import SamplerSettings, check_size, decode, sample_latents
+from ldmcli.sampling.pipeline import SamplerSettings, check_size, decode, sample_latents
 
 _NO_NAMES = ("MODELS.md does not list the OpenImages categories of the layout2img checkpoint "
              "(ldmcli/data/openimages_labels.txt is empty)")

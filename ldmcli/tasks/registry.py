@@ -1,7 +1,7 @@
-"""Every subcommand's batch adapter, registered with the batch runner (imported lazily by ldmcli.batch)."""
+"""Every subcommand's batch adapter, registered with the batch runner (imported lazily by ldmcli.cli.runner)."""
 from __future__ import annotations
 
-from ldmcli.batch import register
+from ldmcli.cli.runner import register
 
 
 @register("inpaint", required=("image", "mask"))

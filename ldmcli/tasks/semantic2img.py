@@ -18,13 +18,13 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from ldmcli.config import SpatialRescalerConfig
+from ldmcli.models.config import SpatialRescalerConfig
 from ldmcli.data import COCOSTUFF, read_label_file
 from ldmcli.errors import UsageError
-from ldmcli.segmap import check_class_ids, one_hot, read_palette, read_segmap
-from ldmcli.tasks.common import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple, sample_latents,
+from ldmcli.io.segmap import check_class_ids, one_hot, read_palette, read_segmap
+from ldmcli.sampling.pipeline import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple, sample_latents,
                                  unet_fits)
-from ldmcli.tasks.tiled import decode_images, plan_tiling, tiled
+from ldmcli.sampling.tiled import decode_images, plan_tiling, tiled
 
 _NO_NAMES = ("MODELS.md does not list the COCO-Stuff class names of the semantic-synthesis checkpoints "
              "(ldmcli/data/cocostuff_labels.txt is empty)")

@@ -15,10 +15,10 @@ from typing import Callable, List, Optional
 import torch
 
 from ldmcli.errors import UsageError
-from ldmcli.schedules import alphas_cumprod_from
-from ldmcli.tasks.common import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple,
+from ldmcli.sampling.schedules import alphas_cumprod_from
+from ldmcli.sampling.pipeline import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple,
                                  sample_latents, side_generator)
-from ldmcli.tasks.tiled import decode_images, plan_tiling, tiled
+from ldmcli.sampling.tiled import decode_images, plan_tiling, tiled
 
 DEFAULT_NOISE_LEVEL = 20   # the x4 demos' default (gradio, streamlit); the README suggests ~100 for synthetic input
 _AUG_STREAM = 0xA06        # the noise-augmentation ε of sample k comes from seeds[k] + this (common.side_generator)
@@ -91,7 +91,7 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
     families); a latent larger than tile_size (default cfg.latent_size) is sampled and decoded by overlapping tiles.
     The low-res image is mirror-padded to the UNet's multiple and the result cropped back.
     """
-    from ldmcli.images import pil_to_tensor
+    from ldmcli.io.images import pil_to_tensor
     family = superres_family(model.cfg)
     level = _check_options(model, family, scale, prompt, negative_prompt, noise_level)
     width, height = image.size
@@ -109,7 +109,7 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
 def run_job(model, job, seeds: List[int], settings: SamplerSettings, callback: Optional[Callable] = None):
     """Batch adapter: the job's image file and `extra` options (upscale, noise_level, tile_size, tile_overlap).
     The upscaling factor is `upscale` because a job's `scale` is the guidance scale of every subcommand."""
-    from ldmcli.images import load_image
+    from ldmcli.io.images import load_image
     if not job.image:
         raise UsageError("superres needs an image")
     return superres(model, load_image(job.image), job.prompt, job.negative_prompt,

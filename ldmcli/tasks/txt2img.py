@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 from ldmcli.errors import UsageError
-from ldmcli.tasks.common import SamplerSettings, check_size, decode, sample_latents
+from ldmcli.sampling.pipeline import SamplerSettings, check_size, decode, sample_latents
 
 
 def txt2img(model, prompt: str, *, negative_prompt: str = "", seeds: List[int], height: Optional[int] = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from ldmcli.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
+from ldmcli.models.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
 from ldmcli.errors import UsageError
 from ldmcli.tokenizers.clip_bpe import CLIPBPETokenizer
 from ldmcli.tokenizers.wordpiece import WordPieceTokenizer

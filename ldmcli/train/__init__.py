@@ -5,6 +5,6 @@ fine-tuned with the encoder frozen. Stage 2 (`ldm_stage`): one latent diffusion 
 per task on the frozen autoencoder — txt2img, inpaint, superres, layout2img, semantic2img (`recipes`). Data: the
 procedural shapes world or a folder of captioned images (`data`). One loop for all stages (`loop`: AdamW, EMA,
 clipping, AMP, resumable checkpoints, JSONL log, torchrun/DDP); `export` writes the fp16 defaults that
-`ldmcli.checkpoint.load_model` reads; `run.train` ties it together and `cli.train_command` is the subcommand.
+`ldmcli.loading.checkpoint.load_model` reads; `run.train` ties it together and `cli.train_command` is the subcommand.
 Importing this package imports no torch: the submodules do.
 """

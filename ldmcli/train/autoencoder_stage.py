@@ -22,7 +22,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from ldmcli.config import AutoencoderConfig
+from ldmcli.models.config import AutoencoderConfig
 from ldmcli.errors import UsageError
 from ldmcli.models.autoencoder import AutoencoderKL
 from ldmcli.train.losses import (PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss, kl_per_value,
@@ -116,7 +116,7 @@ def save_autoencoder(ae: AutoencoderKL, path, version: str = "") -> Path:
     """float32 `first_stage_model.*` tensors with the AutoencoderConfig (JSON) in the header."""
     from dataclasses import asdict
 
-    from ldmcli.checkpoint import save_safetensors
+    from ldmcli.loading.checkpoint import save_safetensors
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {f"first_stage_model.{k}": v.detach().float().cpu() for k, v in ae.state_dict().items()}
@@ -126,7 +126,7 @@ def save_autoencoder(ae: AutoencoderKL, path, version: str = "") -> Path:
 
 def load_autoencoder(path) -> Tuple[AutoencoderConfig, Dict[str, torch.Tensor]]:
     """(config, `first_stage_model`-relative state dict) of a file written by `save_autoencoder`."""
-    from ldmcli.checkpoint import read_checkpoint, split_prefix
+    from ldmcli.loading.checkpoint import read_checkpoint, split_prefix
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no trained autoencoder at {path}: train it first (ldm train --task autoencoder)")

@@ -43,8 +43,8 @@ def train_command(
                                                    "<out>/train.jsonl).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")] = False):
     """Train the small default models from scratch (shapes world or your captioned images) and export them."""
-    from ldmcli.console import Console
-    from ldmcli.run import guarded
+    from ldmcli.cli.console import Console
+    from ldmcli.loading.load import guarded
     from ldmcli.train.run import TrainOptions, train
 
     main = int(os.environ.get("RANK", "0")) == 0          # under torchrun only rank 0 talks

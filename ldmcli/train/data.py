@@ -42,10 +42,10 @@ def mix_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-# ---- layout2img tokens (MODELS.md §6.4, built by ldmcli.layout as the layout2img task builds them) -----------
+# ---- layout2img tokens (MODELS.md §6.4, built by ldmcli.io.layout as the layout2img task builds them) -----------
 def world_layout_tokens(boxes: np.ndarray, labels: Sequence[str]) -> np.ndarray:
     """The 92 tokens of a world layout: boxes (k, 4) in 0-1, labels "red circle" → their WORLD_LABELS index."""
-    from ldmcli.layout import layout_tokens
+    from ldmcli.io.layout import layout_tokens
     objects = [(WORLD_LABELS.index(label), tuple(float(v) for v in box))
                for box, label in zip(np.asarray(boxes).reshape(-1, 4), labels)]
     return np.array(layout_tokens(objects, LAYOUT_VOCAB, LAYOUT_LENGTH), np.int64)
@@ -53,7 +53,7 @@ def world_layout_tokens(boxes: np.ndarray, labels: Sequence[str]) -> np.ndarray:
 
 def unconditional_layout() -> np.ndarray:
     """The empty layout (all padding, crop tokens kept): the unconditional input for guidance (§6.4)."""
-    from ldmcli.layout import unconditional_tokens
+    from ldmcli.io.layout import unconditional_tokens
     return np.array(unconditional_tokens(LAYOUT_VOCAB, LAYOUT_LENGTH), np.int64)
 
 
@@ -167,7 +167,7 @@ def _square(img: Image.Image, size: int) -> Image.Image:
 
 def folder_pool(path, size: int, fields: Sequence[str] = (), rank: int = 0, world: int = 1) -> Pool:
     """This process's shard of a folder of images with `<stem>.txt` captions."""
-    from ldmcli.images import load_image
+    from ldmcli.io.images import load_image
     fields = tuple(fields)
     bad = [f for f in fields if f in WORLD_ONLY]
     if bad:

@@ -3,7 +3,7 @@
 The file holds the CompVis key layout (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`,
 MODELS.md §7.1) with the EMA weights in place of the raw ones (what the reference samples with, §3.4), and in its
 header the ModelConfig as JSON plus a provenance string (`checkpoint.config_metadata`), so
-`ldmcli.checkpoint.load_model` rebuilds the model with no preset and no detection. The BERT encoder's unused
+`ldmcli.loading.checkpoint.load_model` rebuilds the model with no preset and no detection. The BERT encoder's unused
 `to_logits` head is left out (the loader zero-fills it, §7.8), which keeps the files small.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ldmcli.checkpoint import config_metadata, save_safetensors
+from ldmcli.loading.checkpoint import config_metadata, save_safetensors
 from ldmcli.models.ldm import LatentDiffusion
 
 _SKIPPED = ("cond_stage_model.transformer.to_logits.",)

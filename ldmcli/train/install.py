@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from ldmcli.errors import UsageError
-from ldmcli.weights import TASKS, WEIGHTS_DIR, sha256_file
+from ldmcli.loading.registry import TASKS, WEIGHTS_DIR, sha256_file
 
 LICENCE = "same as ldmcli (trained from scratch on the procedural shapes world)"
 
@@ -29,7 +29,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def install(run: Path, weights: Path, tasks: Sequence[str] = TASKS) -> Dict[str, dict]:
     """Install the run's models for `tasks`; returns the registry entries written. Every file is checked to be
     present before anything is copied, so a partial run installs nothing."""
-    from ldmcli.checkpoint import safetensors_metadata
+    from ldmcli.loading.checkpoint import safetensors_metadata
     run, weights = Path(run), Path(weights)
     sources = {t: run / f"{t}.safetensors" for t in tasks}
     missing = [str(p) for p in sources.values() if not p.is_file()]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcli.config import BERTConfig, ModelConfig
+from ldmcli.models.config import BERTConfig, ModelConfig
 from ldmcli.models.ldm import LatentDiffusion
 from ldmcli.train.data import Pool
 from ldmcli.train.losses import diffusion_loss, q_sample
@@ -63,7 +63,7 @@ def build_ldm(cfg: ModelConfig, first_stage: Dict[str, torch.Tensor]) -> LatentD
 @torch.no_grad()
 def coordinate_init_(weight: torch.Tensor, n_classes: int, noise: float = 0.1) -> torch.Tensor:
     """Fourier-feature init of the layout token embedding [V, width] in place (see the module docstring)."""
-    from ldmcli.layout import sections
+    from ldmcli.io.layout import sections
     vocab, width = weight.shape
     n = sections(vocab)
     ids = torch.arange(n * n, dtype=torch.float64)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
-from ldmcli.config import (AutoencoderConfig, BERTConfig, ModelConfig, SpatialRescalerConfig, UNetConfig)
+from ldmcli.models.config import (AutoencoderConfig, BERTConfig, ModelConfig, SpatialRescalerConfig, UNetConfig)
 from ldmcli.errors import UsageError
 from ldmcli.world.vocab import COLOURS, SHAPES
 

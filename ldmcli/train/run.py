@@ -49,7 +49,7 @@ class TrainOptions:
 
 
 class _Quiet:
-    """Stands in for ldmcli.console.Console when the caller gives none: no output at all."""
+    """Stands in for ldmcli.cli.console.Console when the caller gives none: no output at all."""
 
     def log(self, msg) -> None:
         pass
@@ -87,7 +87,7 @@ def first_stage_file(out: Path, rec: R.Recipe) -> Path:
 def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -> Dict[str, Path]:
     """Train the selected stages; returns {stage: written file} (written by rank 0; every rank gets the paths).
 
-    console: an `ldmcli.console.Console` for progress bars and log lines (None: silent). recipe: a Recipe object
+    console: an `ldmcli.cli.console.Console` for progress bars and log lines (None: silent). recipe: a Recipe object
     instead of the named `opts.recipe` (tests use tiny ones)."""
     console = console or _Quiet()
     rec = recipe if recipe is not None else R.recipe(opts.recipe)
@@ -203,7 +203,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
 def _provenance(path: Path) -> str:
     """The provenance string in the header of a first-stage file, without the "ldmcli <version> train " prefix
     that the exported model's own string already has."""
-    from ldmcli.checkpoint import safetensors_metadata
+    from ldmcli.loading.checkpoint import safetensors_metadata
     version = safetensors_metadata(path).get("ldmcli_version", "") or "unknown"
     return version.split(" train ", 1)[1] if version.startswith("ldmcli ") and " train " in version else version
 

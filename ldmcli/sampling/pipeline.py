@@ -36,7 +36,7 @@ class SamplerSettings:
                                          # model's device
 
     def resolved(self, cfg) -> "SamplerSettings":
-        from ldmcli.sampling import SAMPLERS
+        from ldmcli.sampling.samplers import SAMPLERS
         if self.sampler not in SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         steps = cfg.default_steps if self.steps is None else self.steps
@@ -67,8 +67,8 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
                    settings: SamplerSettings, callback: Optional[Callable] = None,
                    x0_known: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run the shared sampler on εθ with classifier-free guidance; one latent per seed."""
-    from ldmcli.guidance import cfg_model, eps_model
-    from ldmcli.sampling import initial_noise, sample, seeded_noise
+    from ldmcli.sampling.guidance import cfg_model, eps_model
+    from ldmcli.sampling.samplers import initial_noise, sample, seeded_noise
 
     s = settings.resolved(model.cfg)
     device = model.device
@@ -103,7 +103,7 @@ def decode(model, z: torch.Tensor, tiles: Optional[Tuple[int, int]] = None):
       float32 for good, so later images decode in float32 directly, and the latents are decoded again.
     Non-finite latents, or NaN/Inf pixels from a float32 decode, are an LdmError (no garbage image is written).
     """
-    from ldmcli.images import tensor_to_pil
+    from ldmcli.io.images import tensor_to_pil
     z = z.to(model.device)
     if not bool(torch.isfinite(z).all()):
         hint = "broken UNet weights?" if model.dtype == torch.float32 else "overflow? try --dtype float32"
@@ -124,7 +124,7 @@ def decode(model, z: torch.Tensor, tiles: Optional[Tuple[int, int]] = None):
 def _decode_fitting(model, z: torch.Tensor, tiles: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """D(z) in one piece when it fits (or by the caller's `tiles`), else by overlapping tiles, halved after each
     out-of-memory failure."""
-    from ldmcli.models.vae_tiling import decode_tiled
+    from ldmcli.sampling.tiles import decode_tiled
     f = model.cfg.first_stage.downsample_factor
     side = max(z.shape[-2:])
     if tiles is not None:

@@ -19,7 +19,7 @@ from typing import BinaryIO, Optional, Union
 from PIL import Image, PngImagePlugin
 
 from ldmcli.errors import InputError, LdmError, UsageError
-from ldmcli.images import one_line, read_image
+from ldmcli.io.images import one_line, read_image
 
 PathLike = Union[str, Path]
 

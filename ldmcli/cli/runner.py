@@ -45,7 +45,7 @@ def _load_task_modules() -> None:
 
 # ----------------------------------------------------------------------------------------------------
 def build_jobs(task: str, positional: dict, opts: dict):
-    from ldmcli.jobs import Job, read_jobs
+    from ldmcli.cli.jobs import Job, read_jobs
     for k in ("height", "width"):   # checked here: the tasks read 0 as "not given" (the model's native size)
         if positional.get(k) is not None and positional[k] <= 0:
             raise UsageError(f"--{k} must be positive, got {positional[k]}")
@@ -73,7 +73,7 @@ def _check_required(task: str, job) -> None:
 
 
 def _settings(opts: dict, job):
-    from ldmcli.tasks.common import SamplerSettings
+    from ldmcli.sampling.pipeline import SamplerSettings
     return SamplerSettings(sampler=job.sampler or opts.get("sampler") or "ddim", steps=job.steps,
                            guidance_scale=job.scale, eta=opts.get("eta"), karras=bool(opts.get("karras")),
                            noise_device=opts.get("noise_device"))
@@ -97,8 +97,8 @@ def _target(out: str, n_images: int):
 
 # ----------------------------------------------------------------------------------------------------
 def run_task(task: str, positional: dict, opts: dict) -> int:
-    from ldmcli.console import Console
-    from ldmcli.jobs import fingerprint, seed_for, shard
+    from ldmcli.cli.console import Console
+    from ldmcli.cli.jobs import fingerprint, seed_for, shard
     _load_task_modules()
     console = Console(quiet=bool(opts.get("quiet")))
     jobs = build_jobs(task, positional, opts)
@@ -143,8 +143,8 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
 def _precheck(task: str, job) -> None:
     """What can be checked before the model is loaded: required fields, and that input files exist (pipes and
     devices count; reading and decoding them is the task's)."""
-    from ldmcli.images import check_input_path
-    from ldmcli.jobs import EXTRA_PATHS, PATH_FIELDS
+    from ldmcli.io.images import check_input_path
+    from ldmcli.cli.jobs import EXTRA_PATHS, PATH_FIELDS
     _check_required(task, job)
     paths = [(f, getattr(job, f)) for f in PATH_FIELDS] + [(k, job.extra.get(k)) for k in EXTRA_PATHS]
     for what, value in paths:
@@ -174,7 +174,7 @@ def _exit_code(failures: list, n: int) -> int:
 
 
 def _load_model(task, opts, console, rank):
-    from ldmcli.run import load
+    from ldmcli.loading.load import load
     t0 = time.perf_counter()
     device = opts.get("device") or "auto"
     local = os.environ.get("LOCAL_RANK")
@@ -186,7 +186,7 @@ def _load_model(task, opts, console, rank):
                        prediction=opts.get("prediction"), vocab=opts.get("vocab"))
     model.load_info = info
     if opts.get("compile"):
-        from ldmcli.compiling import compile_unet
+        from ldmcli.loading.compiling import compile_unet
         where = compile_unet(model)
         console.log(f"compiling the UNet with torch.compile on its first step (cache: {where})")
     console.log(f"loaded {info.family} from {Path(info.path).name} in {time.perf_counter() - t0:.2f}s "
@@ -197,7 +197,7 @@ def _load_model(task, opts, console, rank):
 
 
 def _path(mode, target, index, job, k, seed) -> Path:
-    from ldmcli.outputs import output_name
+    from ldmcli.io.png import output_name
     if mode == "file":
         return target
     if mode == "stdout":
@@ -218,9 +218,9 @@ def _emit(opts, record: dict) -> None:
 
 
 def _run_job(task, model, index, job, opts, mode, target, console) -> None:
-    from ldmcli.jobs import seed_for
-    from ldmcli.outputs import write_png_atomic, write_png_stdout
-    from ldmcli.metadata import job_record
+    from ldmcli.cli.jobs import seed_for
+    from ldmcli.io.png import write_png_atomic, write_png_stdout
+    from ldmcli.cli.record import job_record
     runner = TASKS[task][0]
     seed = seed_for(job, index, opts["seed"])
     settings = _settings(opts, job).resolved(model.cfg)
@@ -242,7 +242,7 @@ def _run_job(task, model, index, job, opts, mode, target, console) -> None:
 
 
 def weights_list(as_json: bool) -> int:
-    from ldmcli.weights import list_entries
+    from ldmcli.loading.registry import list_entries
     rows = list_entries()
     for r in rows:
         if as_json:
@@ -255,7 +255,7 @@ def weights_list(as_json: bool) -> int:
 
 def weights_verify(name: Optional[str]) -> int:
     """SHA-256 of each present registry file against its recorded hash; exit 2 on any mismatch."""
-    from ldmcli.weights import WEIGHTS_DIR, list_entries, sha256_file
+    from ldmcli.loading.registry import WEIGHTS_DIR, list_entries, sha256_file
     rows = [r for r in list_entries() if r["present"] and (name is None or r["name"] == name)]
     if name and not rows:
         raise UsageError(f"{name} is not a present registry entry (see ldm weights list)")
@@ -281,12 +281,12 @@ def print_labels(task: str, opts: dict) -> int:
 
 
 def _quiet_console():
-    from ldmcli.console import Console
+    from ldmcli.cli.console import Console
     return Console(quiet=True)
 
 
 def show_info(image: str, as_json: bool) -> int:
-    from ldmcli.outputs import read_metadata
+    from ldmcli.io.png import read_metadata
     meta = read_metadata(image)
     if as_json:
         sys.stdout.write(json.dumps(meta) + "\n")
@@ -303,7 +303,7 @@ _SIZED_TASKS = ("txt2img", "layout2img")  # the subcommands with --height/--widt
 
 def replay_opts(image: str, given: dict) -> dict:
     """The task, positional fields and options that regenerate `image` from its ldmcli record."""
-    from ldmcli.outputs import read_metadata
+    from ldmcli.io.png import read_metadata
     rec = read_metadata(image).get("ldmcli")
     if not rec:
         raise UsageError(f"{image} has no ldmcli record (only ldm-written PNGs can be replayed)")

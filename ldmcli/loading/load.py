@@ -38,7 +38,7 @@ def pick_dtype(dtype: str, device):
 def load(ckpt: Optional[str] = None, *, task: str = "txt2img", config=None, device: str = "auto",
          dtype: str = "auto", use_ema: bool = True, prediction: Optional[str] = None, vocab: Optional[str] = None):
     """Load a checkpoint (path or registry name) — or the embedded default for `task` when `ckpt` is None."""
-    from ldmcli.checkpoint import load_model
+    from ldmcli.loading.checkpoint import load_model
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if prediction not in (None, "eps", "v"):
@@ -53,7 +53,7 @@ def load(ckpt: Optional[str] = None, *, task: str = "txt2img", config=None, devi
 def _attach_tokenizer(model, vocab: Optional[str], ckpt: Path) -> None:
     """Text encoders tokenize with the vocabulary given by --vocab, else a `vocab.txt` beside a BERT checkpoint
     (the LDM text models need bert-base-uncased's WordPiece vocabulary, which no package ships)."""
-    from ldmcli.config import BERTConfig
+    from ldmcli.models.config import BERTConfig
     enc, cfg = model.cond_stage_model, model.cfg.cond_stage
     if enc is None or not hasattr(enc, "encode"):
         return
@@ -68,13 +68,13 @@ def _attach_tokenizer(model, vocab: Optional[str], ckpt: Path) -> None:
 def resolve_ckpt(ckpt: Optional[str], task: str) -> Path:
     """A path as given; else the embedded default of the task in weights/ (the CLI explains what to pass)."""
     if ckpt:
-        from ldmcli.paths import expand_user
+        from ldmcli.io.paths import expand_user
         p = expand_user(ckpt)
         if p.exists() or "/" in ckpt or p.suffix:
             return p
-        from ldmcli.weights import registry_path
+        from ldmcli.loading.registry import registry_path
         return registry_path(ckpt)
-    from ldmcli.weights import default_path
+    from ldmcli.loading.registry import default_path
     return default_path(task)
 
 

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from ldmcli.errors import UsageError
-from ldmcli.schedules import _f64, ddim_timesteps, k_sigmas
-from ldmcli.schedules import alphas_cumprod_from, linear_betas  # noqa: F401  (re-exported: part of the contract)
+from ldmcli.sampling.schedules import _f64, ddim_timesteps, k_sigmas
+from ldmcli.sampling.schedules import alphas_cumprod_from, linear_betas  # noqa: F401  (re-exported: part of the contract)
 
 SAMPLERS = ("ddim", "plms", "ddpm", "dpmpp_2m", "euler", "euler_a")
 K_SAMPLERS = ("dpmpp_2m", "euler", "euler_a")   # sigma-space samplers: the ones that take karras=True

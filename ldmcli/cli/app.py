@@ -1,4 +1,4 @@
-"""`ldm` — thin Typer front end. Parsing only: every subcommand hands a list of jobs to `ldmcli.batch`.
+"""`ldm` — thin Typer front end. Parsing only: every subcommand hands a list of jobs to `ldmcli.cli.runner`.
 
 Heavy imports (torch) happen inside the commands, so `ldm --help` stays fast.
 Exit codes: 0 ok, 1 runtime failure, 2 bad input/usage, 3 some jobs of a batch failed, 130 interrupted.
@@ -65,8 +65,8 @@ def _common(**kw) -> dict:
 
 
 def _run(task: str, positional: dict, opts: dict) -> None:
-    from ldmcli.batch import run_task
-    from ldmcli.run import guarded
+    from ldmcli.cli.runner import run_task
+    from ldmcli.loading.load import guarded
     code = guarded(lambda: run_task(task, positional, opts), debug=_STATE["debug"])
     raise typer.Exit(code)
 
@@ -184,8 +184,8 @@ def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentat
 
 
 def _labels(task: str, opts: dict) -> None:
-    from ldmcli.batch import print_labels
-    from ldmcli.run import guarded
+    from ldmcli.cli.runner import print_labels
+    from ldmcli.loading.load import guarded
     raise typer.Exit(guarded(lambda: print_labels(task, opts), debug=_STATE["debug"]))
 
 
@@ -193,8 +193,8 @@ def _labels(task: str, opts: dict) -> None:
 def info(image: Annotated[str, typer.Argument(help="A PNG written by ldm (or by AUTOMATIC1111).")],
          json: Json = False):
     """Print the generation record stored in a PNG."""
-    from ldmcli.batch import show_info
-    from ldmcli.run import guarded
+    from ldmcli.cli.runner import show_info
+    from ldmcli.loading.load import guarded
     raise typer.Exit(guarded(lambda: show_info(image, json), debug=_STATE["debug"]))
 
 
@@ -203,8 +203,8 @@ def replay(image: Annotated[str, typer.Argument(help="A PNG written by ldm.")],
            ckpt: Ckpt = None, device: Device = "auto", dtype: Dtype = "auto", out: Out = "outputs",
            quiet: Quiet = False, json: Json = False):
     """Regenerate an image from the record in its metadata (same model, seed, settings)."""
-    from ldmcli.batch import replay_opts
-    from ldmcli.run import guarded
+    from ldmcli.cli.runner import replay_opts
+    from ldmcli.loading.load import guarded
     given = dict(locals())          # before the lambda: inside it, locals() would be the lambda's own (empty)
     holder = {}
     code = guarded(lambda: holder.update(replay_opts(image, given)), debug=_STATE["debug"])
@@ -235,14 +235,14 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
           check: Annotated[bool, typer.Option("--check", help="Exit 1 when any target is missed.")] = False,
           quiet: Quiet = False):
     """Score the default models on the shapes world's held-out eval split against its exact ground truth."""
-    from ldmcli.run import guarded
+    from ldmcli.loading.load import guarded
 
     def work() -> int:
         import json as json_lib
         import time
         from contextlib import ExitStack
-        from ldmcli import evaluate as E
-        from ldmcli.console import Console
+        from ldmcli.eval import evaluate as E
+        from ldmcli.cli.console import Console
         tasks = E.parse_tasks(task or ["all"])
         overrides = E.parse_overrides(ckpt or [], tasks)
         paths = {t: str(p) for t, p in E.resolve_checkpoints(tasks, overrides).items()}
@@ -271,8 +271,8 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
 @weights_app.command("list")
 def weights_list(json: Json = False):
     """Show the embedded defaults and known public checkpoints, and which are present."""
-    from ldmcli.batch import weights_list as run
-    from ldmcli.run import guarded
+    from ldmcli.cli.runner import weights_list as run
+    from ldmcli.loading.load import guarded
     raise typer.Exit(guarded(lambda: run(json), debug=_STATE["debug"]))
 
 
@@ -280,8 +280,8 @@ def weights_list(json: Json = False):
 def weights_verify(name: Annotated[Optional[str], typer.Argument(help="One registry name (default: all present).")]
                    = None):
     """Check the SHA-256 of present checkpoints against the registry."""
-    from ldmcli.batch import weights_verify as run
-    from ldmcli.run import guarded
+    from ldmcli.cli.runner import weights_verify as run
+    from ldmcli.loading.load import guarded
     raise typer.Exit(guarded(lambda: run(name), debug=_STATE["debug"]))
 
 

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ldmcli import config as C
+from ldmcli.models import config as C
 from ldmcli.errors import CheckpointError
 
 UNET = "model.diffusion_model."
@@ -123,7 +123,7 @@ def _not_a_full_checkpoint(sd) -> str:
 # ----------------------------------------------------------------------------------------------------
 def detect_family(sd, path=None, prediction: Optional[str] = None) -> str:
     """The preset name for a state dict. Raises CheckpointError naming the closest family if none matches."""
-    from ldmcli.presets import PRESETS
+    from ldmcli.loading.presets import PRESETS
     sig = signature_of_state_dict(sd)
     matches = [n for n, cfg in PRESETS.items() if signature_of_config(cfg) == sig]
     if not matches:
@@ -168,15 +168,15 @@ def resolve_config(sd, path, metadata: Dict[str, str], config, prediction: Optio
     if isinstance(config, C.ModelConfig):
         cfg = config
     elif isinstance(config, (str, Path)) and str(config).endswith((".yaml", ".yml")):
-        from ldmcli.yaml_config import config_from_yaml
+        from ldmcli.loading.yaml_config import config_from_yaml
         cfg = config_from_yaml(Path(config))
     elif config:
-        from ldmcli.presets import preset
+        from ldmcli.loading.presets import preset
         cfg = preset(str(config))
     elif "ldmcli_config" in metadata:
         cfg = config_from_json(json.loads(metadata["ldmcli_config"]))
     else:
-        from ldmcli.presets import preset
+        from ldmcli.loading.presets import preset
         cfg = preset(detect_family(sd, path, prediction))
     if prediction:
         cfg = cfg.with_(parameterization=prediction)

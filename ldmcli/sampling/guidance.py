@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ldmcli.schedules import _f64, t_to_alpha
+from ldmcli.sampling.schedules import _f64, t_to_alpha
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import Dict
 
-from ldmcli.config import (AutoencoderConfig, BERTConfig, ClassEmbedderConfig, CLIPTextConfig, ModelConfig,
+from ldmcli.models.config import (AutoencoderConfig, BERTConfig, ClassEmbedderConfig, CLIPTextConfig, ModelConfig,
                            OpenCLIPTextConfig, SpatialRescalerConfig, UNetConfig)
 from ldmcli.errors import UsageError
 

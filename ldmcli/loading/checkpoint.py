@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ldmcli.config import ModelConfig
+from ldmcli.models.config import ModelConfig
 from ldmcli.errors import CheckpointError
 
 StateDict = Dict[str, torch.Tensor]
@@ -191,9 +191,9 @@ def load_model(path, *, config=None, use_ema: bool = True, prediction: Optional[
     config: None (auto-detect), a preset name, a ModelConfig, or a path to an original YAML config.
     Returns (LatentDiffusion, LoadInfo).
     """
-    from ldmcli.detect import resolve_config
+    from ldmcli.loading.detect import resolve_config
     from ldmcli.models.ldm import LatentDiffusion
-    from ldmcli.models.skeleton import meta_skeleton
+    from ldmcli.loading.skeleton import meta_skeleton
 
     raw, meta = read_checkpoint(path)
     sd, ema_used = normalize(raw, use_ema)
@@ -261,5 +261,5 @@ def save_safetensors(sd: StateDict, path, metadata: Optional[Dict[str, str]] = N
 
 def config_metadata(cfg: ModelConfig) -> Dict[str, str]:
     """Header metadata that makes a file self-describing (used by the embedded defaults)."""
-    from ldmcli.detect import config_to_json
+    from ldmcli.loading.detect import config_to_json
     return {"ldmcli_config": json.dumps(config_to_json(cfg)), "ldmcli_version": cfg.version}

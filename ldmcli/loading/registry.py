@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Dict, List
 
 from ldmcli.errors import UsageError
-from ldmcli.paths import expand_user
+from ldmcli.io.paths import expand_user
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS_DIR = Path(os.environ.get("LDM_WEIGHTS_DIR", ROOT / "weights"))
 REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
 TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
@@ -47,7 +47,7 @@ def default_path(task: str) -> Path:
 def registry_path(name: str) -> Path:
     reg = registry()
     if name not in reg:
-        from ldmcli.detect import suggest
+        from ldmcli.loading.detect import suggest
         raise UsageError(f"checkpoint not found: {name} is neither a file nor a registry name"
                          f"{suggest(name, reg)}")
     e = reg[name]

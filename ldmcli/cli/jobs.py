@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ldmcli.errors import InputError, UsageError
-from ldmcli.images import one_line
-from ldmcli.paths import expand_user
+from ldmcli.io.images import one_line
+from ldmcli.io.paths import expand_user
 
 MAX_JOB_FILE_BYTES = 256 * 2**20  # `yes | ldm ... --jobs -` must end in an error, not fill memory
 SEED_LIMIT = 2**64                # torch.manual_seed accepts [0, 2**64)

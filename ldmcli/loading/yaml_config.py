@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Union
 
-from ldmcli import config as C
-from ldmcli import miniyaml
+from ldmcli.models import config as C
+from ldmcli.loading import miniyaml
 from ldmcli.errors import UsageError
 
 _UNET_FIELDS = ("in_channels", "out_channels", "model_channels", "num_res_blocks", "num_heads", "num_head_channels",

@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ldmcli.errors import UsageError
-from ldmcli.models.vae_tiling import blend_plan
-from ldmcli.tasks.common import decode, latent_multiple
+from ldmcli.sampling.tiles import blend_plan
+from ldmcli.sampling.pipeline import decode, latent_multiple
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ldmcli.errors import UsageError
-from ldmcli.weights import TASKS
+from ldmcli.loading.registry import TASKS
 
 CEILING = "autoencoder"   # the first-stage ceiling, evaluated with "all" (see the module docstring)
 DEFAULT_N = 12      # examples per task: the five tasks take about a minute on two CPU cores with the cpu recipe
@@ -94,8 +94,8 @@ def parse_overrides(items: Sequence[str], tasks: Sequence[str]) -> Dict[str, str
 def resolve_checkpoints(tasks: Sequence[str], ckpts: Optional[Dict[str, str]] = None) -> Dict[str, Path]:
     """The checkpoint of every task: the override where given, else the embedded default. Checked before any
     sampling, so a missing default stops the run at once with one line."""
-    from ldmcli.run import resolve_ckpt
-    from ldmcli.weights import WEIGHTS_DIR, default_path
+    from ldmcli.loading.load import resolve_ckpt
+    from ldmcli.loading.registry import WEIGHTS_DIR, default_path
     ckpts = dict(ckpts or {})
     unknown = sorted(set(ckpts) - set(TASKS) - {CEILING})
     if unknown:
@@ -168,7 +168,7 @@ def generate(task: str, model, ex: dict, seeds: List[int], settings) -> list:
         from ldmcli.tasks.superres import superres
         return superres(model, ex["lowres"], seeds=seeds, settings=settings)
     if task == "layout2img":
-        from ldmcli.layout import LayoutBox
+        from ldmcli.io.layout import LayoutBox
         from ldmcli.tasks.layout2img import layout2img
         boxes = [LayoutBox(label, tuple(float(v) for v in box)) for label, box in zip(ex["labels"], ex["boxes"])]
         return layout2img(model, boxes, seeds=seeds, settings=settings)
@@ -231,7 +231,7 @@ def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: O
     """Scores of one loaded model on `n` examples of `split` for `task`, `samples` images each (seeds seed + k);
     steps, scale (guidance) and eta None: the model's defaults. Adds n_examples and seconds (sampling and
     scoring)."""
-    from ldmcli.tasks.common import SamplerSettings
+    from ldmcli.sampling.pipeline import SamplerSettings
     if model.cfg.task != task:
         raise UsageError(f"{model.cfg.name} is a {model.cfg.task} model, not a {task} model")
     if n < 1 or samples < 1:
@@ -269,9 +269,9 @@ class _FirstStage:
 def first_stage_model(path, device: str = "cpu"):
     """For the ceiling: a task model (its first stage is used), or `ldm train`'s <run>/autoencoder.safetensors, so
     a first stage can be judged before any LDM is trained on it."""
-    from ldmcli.run import load, pick_device
+    from ldmcli.loading.load import load, pick_device
     if Path(path).suffix == ".safetensors":
-        from ldmcli.checkpoint import safetensors_metadata
+        from ldmcli.loading.checkpoint import safetensors_metadata
         try:
             meta = safetensors_metadata(path)
         except Exception:       # noqa: BLE001 - not readable here: load() gives the one-line diagnosis
@@ -324,7 +324,7 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
     """{task: {metric: value}} for each task's model: `ckpts[task]` (a path or registry name) or the embedded
     default. Every checkpoint is resolved before the first model loads. steps, scale, eta None: each model's
     default. split: eval (the held-out split the targets are for) or val (for tuning those settings)."""
-    from ldmcli.run import load
+    from ldmcli.loading.load import load
     tasks = parse_tasks(tasks)
     check_split(split)  # before any model loads
     paths = resolve_checkpoints(tasks, ckpts)

@@ -13,7 +13,7 @@ from typing import Callable, List, Tuple
 
 import torch
 
-from .autoencoder import DiagonalGaussian
+from ldmcli.models.autoencoder import DiagonalGaussian
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> List[int]:

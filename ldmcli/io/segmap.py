@@ -128,7 +128,7 @@ def read_palette(path: Union[str, Path], names: Sequence[str], count: int, no_na
 def read_segmap(path: Union[str, Path], palette: Optional[Dict[Colour, int]] = None) -> np.ndarray:
     """A segmentation map file as int64 class ids [H, W]: an index image, or a colour image looked up in
     `palette` (unknown colours are an InputError naming them)."""
-    from ldmcli.images import load_color_map, load_index_map
+    from ldmcli.io.images import load_color_map, load_index_map
     return load_index_map(path) if palette is None else load_color_map(path, palette)
 
 
