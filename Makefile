@@ -14,6 +14,7 @@ install:
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps "open_clip_torch>=2.20"
 
+# `make test` skips the tests marked slow or gpu (pyproject's addopts); `make test-all` runs every test.
 test:
 	$(BIN)/python -m pytest
 

@@ -81,7 +81,8 @@ def conditions(cfg: C.ModelConfig, batch: int, device, dtype, seed: int = 1):
 
 
 def run_ours(model, cond, uncond, seeds, steps, scale):
-    from ldmcli.sampling.pipeline import SamplerSettings, sample_latents
+    from ldmcli.sampling.pipeline import sample_latents
+    from ldmcli.sampling.settings import SamplerSettings
     settings = SamplerSettings(sampler="ddim", steps=steps, guidance_scale=scale, eta=0.0)
     shape = (model.cfg.latent_channels, model.cfg.latent_size, model.cfg.latent_size)
     z = sample_latents(model, cond, uncond, shape, seeds, settings)
@@ -90,7 +91,7 @@ def run_ours(model, cond, uncond, seeds, steps, scale):
 
 
 def run_diffusers(cfg, unet, vae, cond, uncond, seeds, steps, scale, device, dtype):
-    from ldmcli.sampling.samplers import initial_noise
+    from ldmcli.sampling.noise import initial_noise
     sched = ddim_scheduler(cfg)
     sched.set_timesteps(steps)
     x = initial_noise((len(seeds), cfg.latent_channels, cfg.latent_size, cfg.latent_size), seeds, device=device)

@@ -6,8 +6,8 @@
 import argparse
 
 from ldmcli.io.images import load_image, load_mask
-from ldmcli.loading.load import load
-from ldmcli.sampling.pipeline import SamplerSettings
+from ldmcli.loading import load
+from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.inpaint import inpaint
 
 p = argparse.ArgumentParser()

@@ -6,8 +6,8 @@
 import argparse
 
 from ldmcli.io.layout import LayoutBox
-from ldmcli.loading.load import load
-from ldmcli.sampling.pipeline import SamplerSettings
+from ldmcli.loading import load
+from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.layout2img import layout2img, list_labels
 
 p = argparse.ArgumentParser()

@@ -7,9 +7,9 @@ import argparse
 
 import numpy as np
 
-from ldmcli.loading.load import load
+from ldmcli.loading import load
 from ldmcli.io.segmap import read_palette, read_segmap
-from ldmcli.sampling.pipeline import SamplerSettings
+from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.semantic2img import class_names, semantic2img
 
 p = argparse.ArgumentParser()

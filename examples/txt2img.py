@@ -5,8 +5,8 @@
 """
 import argparse
 
-from ldmcli.loading.load import load
-from ldmcli.sampling.pipeline import SamplerSettings
+from ldmcli.loading import load
+from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.txt2img import txt2img
 
 p = argparse.ArgumentParser()

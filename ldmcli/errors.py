@@ -27,3 +27,18 @@ class CheckpointError(UsageError):
 
 class InputError(UsageError):
     """An input image, mask, layout or map that cannot be used."""
+
+
+def one_line(message, limit: int = 0) -> str:
+    """A message (or an exception) folded onto one line: Pillow's, json's and torch's messages may hold newlines,
+    and a file name may too. An exception with no message gives its class name. limit > 0 cuts the line."""
+    text = " ".join(str(message).split())
+    if not text and isinstance(message, BaseException):
+        text = type(message).__name__
+    return text[:limit] if limit > 0 else text
+
+
+def close_matches(word: str, choices, n: int = 3, cutoff: float = 0.6) -> list:
+    """The choices nearest to `word` (difflib's ratio), best first: the "did you mean" of every message."""
+    import difflib
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=cutoff)

@@ -8,7 +8,8 @@ import torch
 
 from ldmcli.models.config import AutoencoderConfig
 from ldmcli.models.autoencoder import AutoencoderKL, DiagonalGaussian, VQModel, build_first_stage
-from ldmcli.sampling.tiles import blend_plan, decode_tiled, encode_tiled
+from ldmcli.sampling.tiling import blend_plan, decode_tiled, encode_tiled
+from ldmcli.loading.skeleton import meta_skeleton
 
 # Small configs: ch 32 keeps GroupNorm(32) valid; resolution 32 with f2 puts level 1 at nominal size 16.
 SMALL_KL = AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, ch=32, ch_mult=(1, 2), resolution=32)
@@ -175,7 +176,7 @@ def test_diagonal_gaussian():
 # --- full-size structure on the meta device --------------------------------------------------------------------
 
 def _shapes(cfg: AutoencoderConfig) -> dict:
-    with torch.device("meta"):
+    with meta_skeleton():
         model = build_first_stage(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -183,7 +184,7 @@ def _shapes(cfg: AutoencoderConfig) -> dict:
 @pytest.mark.parametrize("name", list(FULL))
 def test_full_size_parameter_counts(name):
     cfg, expected = FULL[name]
-    with torch.device("meta"):
+    with meta_skeleton():
         model = build_first_stage(cfg)
     assert sum(p.numel() for p in model.parameters()) == expected
     assert all(p.is_meta for p in model.parameters())
@@ -226,7 +227,7 @@ def test_full_size_key_layout():
 @pytest.mark.parametrize("cfg", [SMALL_KL_ATTN, SMALL_VQ], ids=["kl", "vq"])
 def test_meta_build_then_strict_assign_load(cfg):
     reference = _randomize(build_first_stage(cfg))
-    with torch.device("meta"):
+    with meta_skeleton():
         model = build_first_stage(cfg)
     model.load_state_dict(reference.state_dict(), strict=True, assign=True)
     model.eval()

@@ -1,5 +1,6 @@
-"""The benchmark's CPU smoke mode (what CI runs so it cannot rot): every config runs on both sides, the JSON
-record carries the figures the README table needs, and the final latents agree with diffusers."""
+"""The benchmark's CPU smoke mode (slow; `make test-all`): every config runs on both sides, the JSON record carries
+the figures the README table needs, and the final latents agree with diffusers. The default run checks that the
+benchmark still imports against ldmcli and parses its smoke options."""
 import json
 
 import pytest
@@ -7,6 +8,14 @@ import pytest
 pytest.importorskip("diffusers")
 
 
+def test_bench_imports_and_parses_its_smoke_options():
+    from benchmarks.bench import TINY, parse
+    args = parse(["--tiny", "--batches", "1,2", "--repeats", "5"])
+    assert args.tiny and args.batches == [1, 2] and args.steps <= 4 and args.repeats == 2
+    assert set(TINY) == {"sd15-512", "sd21-768", "x4-upscaler"}
+
+
+@pytest.mark.slow   # imports diffusers and times both sides
 def test_bench_tiny_mode_runs_and_checks_correctness(capsys):
     from benchmarks.bench import main
     records = main(["--tiny", "--batches", "1,2", "--repeats", "1"])

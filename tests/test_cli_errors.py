@@ -36,3 +36,18 @@ def test_version_and_bare_help():
     assert r.returncode == 0 and r.stdout.strip() == __version__
     r = ldm()
     assert r.returncode == 0 and "txt2img" in r.stdout and r.stderr == ""
+
+
+def test_sampler_names_are_checked_before_anything_loads(tmp_path, monkeypatch):
+    """An unknown sampler is refused while parsing (the checkpoint is never opened), and a job file's unknown
+    sampler fails its job before the model loads."""
+    from typer.testing import CliRunner
+    import ldmcli.cli.runner as runner
+    from ldmcli.cli.app import app
+    r = CliRunner().invoke(app, ["txt2img", "a", "--sampler", "magic", "--ckpt", str(tmp_path / "absent.ckpt")])
+    assert r.exit_code == 2 and "unknown sampler 'magic'" in r.stderr and "absent" not in r.stderr
+    monkeypatch.setattr(runner, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a", "sampler": "magic"}\n')
+    r = CliRunner().invoke(app, ["txt2img", "--from-file", str(jobs), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "job 1: unknown sampler 'magic'" in r.stderr

@@ -7,12 +7,11 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli.loading.checkpoint import config_metadata, save_safetensors
+from ldmcli.loading.checkpoint import save_safetensors
 from ldmcli.cli.app import app
 from tiny import SD1_TINY, SD2_TINY, compvis_state_dict, tiny_model
 
@@ -21,13 +20,6 @@ runner = CliRunner()
 
 def ldm(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def sd1_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors"
-    save_safetensors(compvis_state_dict(tiny_model(SD1_TINY, seed=5)), path, config_metadata(SD1_TINY))
-    return path
 
 
 def test_txt2img_safetensors_writes_pngs_and_prints_paths(tmp_path, sd1_file):

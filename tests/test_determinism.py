@@ -5,7 +5,8 @@ GOLDEN holds the SHA-256 of the decoded RGB pixel bytes (`Image.tobytes()`, not 
 the checkpoint's path). They were recorded with torch 2.13.0+cpu, float32, one intra-op thread, on this project's
 x86-64 CPU machine. A golden hash is invalidated by anything that moves one float32 value far enough to flip one
 uint8 pixel:
-- the tiny model's weights (tests/tiny.py SD1_TINY, `randomize_` and its seed) or the tokenizer;
+- the tiny model's weights (tests/tiny.py SD1_TINY and `randomize_`, seed 5 in conftest.py's `sd1_file`) or the
+  tokenizer;
 - the model code (UNet, first stage, text encoder), the sampler math, schedules or guidance;
 - the noise streams (`initial_noise`, `seeded_noise` seeds and offsets), or the uint8 truncation in tensor_to_pil;
 - the numerical library: another torch version, oneDNN/MKL kernels picked for another CPU instruction set, or
@@ -23,15 +24,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli.loading.checkpoint import config_metadata, save_safetensors
 from ldmcli.cli.app import app
 from ldmcli.errors import UsageError
-from ldmcli.sampling.pipeline import SamplerSettings
-from tiny import SD1_TINY, compvis_state_dict, tiny_model
+from ldmcli.sampling.settings import SamplerSettings
+from tiny import SD1_TINY
 
 PROMPT = "a red circle above a blue square"
 SEED = 1234
@@ -44,20 +43,7 @@ GOLDEN = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """Tiny SD1 with seeded random weights, in the CompVis safetensors layout."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-sd1-seed5.safetensors"
-    save_safetensors(compvis_state_dict(tiny_model(SD1_TINY, seed=5)), path, config_metadata(SD1_TINY))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py; the golden hashes need one thread
 
 
 def pixels_sha256(path) -> str:
@@ -81,16 +67,16 @@ def _one(ckpt, out, sampler="ddim", seed=SEED, h=16, w=16, *extra) -> str:
 
 
 @pytest.mark.parametrize("sampler, h, w", list(GOLDEN))
-def test_golden_pixels(ckpt, tmp_path, sampler, h, w):
-    got = _one(ckpt, tmp_path / "a.png", sampler, SEED, h, w)
+def test_golden_pixels(sd1_file, tmp_path, sampler, h, w):
+    got = _one(sd1_file, tmp_path / "a.png", sampler, SEED, h, w)
     assert got == GOLDEN[(sampler, h, w)], f"pixels changed: GOLDEN[{(sampler, h, w)!r}] = {got!r} (see docstring)"
 
 
-def test_two_runs_identical_in_process_and_in_a_fresh_process(ckpt, tmp_path):
-    first = _one(ckpt, tmp_path / "a.png")
-    assert _one(ckpt, tmp_path / "b.png") == first
+def test_two_runs_identical_in_process_and_in_a_fresh_process(sd1_file, tmp_path):
+    first = _one(sd1_file, tmp_path / "a.png")
+    assert _one(sd1_file, tmp_path / "b.png") == first
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
-    out = subprocess.run([sys.executable, "-m", "ldmcli", "txt2img", PROMPT, "--ckpt", str(ckpt), "--steps", "4",
+    out = subprocess.run([sys.executable, "-m", "ldmcli", "txt2img", PROMPT, "--ckpt", str(sd1_file), "--steps", "4",
                           "--seed", str(SEED), "-o", str(tmp_path / "c.png"), "-q"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -98,32 +84,32 @@ def test_two_runs_identical_in_process_and_in_a_fresh_process(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler_a"])
-def test_seed_in_a_batch_of_three_equals_alone(ckpt, tmp_path, sampler):
-    alone = _one(ckpt, tmp_path / "alone.png", sampler)
+def test_seed_in_a_batch_of_three_equals_alone(sd1_file, tmp_path, sampler):
+    alone = _one(sd1_file, tmp_path / "alone.png", sampler)
     # --n-samples 3 in one forward: image k has seed SEED-1+k, so image 1 is SEED
-    batch = ldm("txt2img", PROMPT, "--ckpt", ckpt, "--steps", 4, "--sampler", sampler, "--seed", SEED - 1,
+    batch = ldm("txt2img", PROMPT, "--ckpt", sd1_file, "--steps", 4, "--sampler", sampler, "--seed", SEED - 1,
                 "-n", 3, "--batch-size", 3, "-o", tmp_path / "batch")
     assert len(batch) == 3 and pixels_sha256(batch[1]) == alone
     assert len({pixels_sha256(p) for p in batch}) == 3          # and the three differ
     # --from-file: job i takes seed base+i (text), or its own "seed" (JSONL)
     text = tmp_path / "jobs.txt"
     text.write_text(f"{PROMPT}\n" * 3)
-    jobs = ldm("txt2img", "--from-file", text, "--ckpt", ckpt, "--steps", 4, "--sampler", sampler,
+    jobs = ldm("txt2img", "--from-file", text, "--ckpt", sd1_file, "--steps", 4, "--sampler", sampler,
                "--seed", SEED - 2, "-o", tmp_path / "text")
     assert pixels_sha256(jobs[2]) == alone
     jsonl = tmp_path / "jobs.jsonl"
     jsonl.write_text("".join(json.dumps({"prompt": PROMPT, "seed": s}) + "\n" for s in (5, SEED, 6)))
-    jobs = ldm("txt2img", "--from-file", jsonl, "--ckpt", ckpt, "--steps", 4, "--sampler", sampler,
+    jobs = ldm("txt2img", "--from-file", jsonl, "--ckpt", sd1_file, "--steps", 4, "--sampler", sampler,
                "-o", tmp_path / "jsonl")
     assert pixels_sha256(jobs[1]) == alone
 
 
 @pytest.mark.parametrize("value", ["cpu", "auto"])
-def test_noise_device_on_cpu_gives_the_same_pixels(ckpt, tmp_path, value):
+def test_noise_device_on_cpu_gives_the_same_pixels(sd1_file, tmp_path, value):
     """On a CPU model every noise device is the CPU: the flag must not change a pixel (x_T and ancestral noise)."""
     for sampler in ("ddim", "euler_a"):
-        assert _one(ckpt, tmp_path / f"{sampler}.png", sampler, SEED, 16, 16, "--noise-device", value) == \
-            _one(ckpt, tmp_path / f"{sampler}-default.png", sampler)
+        assert _one(sd1_file, tmp_path / f"{sampler}.png", sampler, SEED, 16, 16, "--noise-device", value) == \
+            _one(sd1_file, tmp_path / f"{sampler}-default.png", sampler)
 
 
 def test_noise_device_values():
@@ -135,8 +121,8 @@ def test_noise_device_values():
         SamplerSettings(noise_device="gpu").resolved(cfg)
 
 
-def test_bad_noise_device_is_one_line(ckpt, tmp_path):
-    r = CliRunner().invoke(app, ["txt2img", PROMPT, "--ckpt", str(ckpt), "--noise-device", "gpu", "-q",
+def test_bad_noise_device_is_one_line(sd1_file, tmp_path):
+    r = CliRunner().invoke(app, ["txt2img", PROMPT, "--ckpt", str(sd1_file), "--noise-device", "gpu", "-q",
                                  "-o", str(tmp_path / "x.png")])
     assert r.exit_code == 2 and r.stderr.startswith("ldm: error:") and len(r.stderr.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()

@@ -1,4 +1,4 @@
-"""`ldm eval` (ldmcli/evaluate.py): the scoring path passes the world's own renders and fails blank or random
+"""`ldm eval` (ldmcli/eval): the scoring path passes the world's own renders and fails blank or random
 images; the evaluator and the CLI run end to end on tiny random-weight models in the real file format; the slow
 test holds the shipped defaults to every target."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ldmcli.eval import evaluate as E
+import ldmcli.eval as E
 from ldmcli.world import metrics as M
 from ldmcli.cli.app import app
 from ldmcli.errors import UsageError
@@ -28,7 +28,7 @@ def _truth(task: str, ex: dict):
 
 @pytest.fixture(scope="module")
 def examples():
-    return {task: E.eval_examples(task, 9, SIZE) for task in E.TASKS}
+    return {task: E.eval_examples(task, 9, SIZE) for task in E.TASK_NAMES}
 
 
 # ---- examples ----------------------------------------------------------------------------------------------------
@@ -100,13 +100,13 @@ def test_targets_and_checks():
     report = E.json_report({"layout2img": {"iou": float("nan"), "label_acc": 0.5}}, n=1)
     assert json.loads(json.dumps(report))["results"]["layout2img"]["iou"] is None and report["all_pass"] is False
     assert E.parse_tasks(["txt2img,superres", "inpaint"]) == ("txt2img", "inpaint", "superres")
-    assert E.parse_tasks(["all"]) == E.TASKS + (E.CEILING,)
+    assert E.parse_tasks(["all"]) == E.TASK_NAMES + (E.CEILING,)
     assert E.parse_tasks(["autoencoder"]) == (E.CEILING,)
     with pytest.raises(UsageError, match="unknown task"):
         E.parse_tasks(["txt2image"])
     assert E.parse_overrides(["a.safetensors"], ("superres",)) == {"superres": "a.safetensors"}
     with pytest.raises(UsageError, match="TASK=PATH"):
-        E.parse_overrides(["a.safetensors"], E.TASKS)
+        E.parse_overrides(["a.safetensors"], E.TASK_NAMES)
 
 
 # ---- tiny random-weight models in the real format ------------------------------------------------------------------
@@ -136,8 +136,8 @@ def test_evaluate_runs_on_tiny_models_and_random_weights_score_low(tiny_ckpts, t
     seen = []
     results = E.evaluate(n=3, ckpts=tiny_ckpts, steps=2, samples=2, save_dir=tmp_path,
                          progress=lambda task, done, total: seen.append((task, done, total)))
-    assert list(results) == list(E.TASKS) + [E.CEILING]
-    assert seen == [(t, d, 3) for t in E.TASKS + (E.CEILING,) for d in range(4)]
+    assert list(results) == list(E.TASK_NAMES) + [E.CEILING]
+    assert seen == [(t, d, 3) for t in E.TASK_NAMES + (E.CEILING,) for d in range(4)]
     ceiling = results.pop(E.CEILING)
     assert ceiling["n_images"] == 3 and 0 <= ceiling["shape_acc"] <= 1 and 0 < ceiling["psnr"] < 100
     for task, metrics in results.items():
@@ -174,7 +174,7 @@ def test_autoencoder_ceiling_of_a_lossless_first_stage_is_perfect(tiny_ckpts, mo
 
 def test_ceiling_reads_a_first_stage_file_of_ldm_train(tiny_ckpts, tmp_path):
     """`--ckpt autoencoder=<run>/autoencoder.safetensors` gives the same row as a task model with that first stage."""
-    from ldmcli.loading.load import load
+    from ldmcli.loading import load
     from ldmcli.train.autoencoder_stage import save_autoencoder
     model, _ = load(tiny_ckpts["txt2img"], device="cpu")
     ae_file = save_autoencoder(model.first_stage_model, tmp_path / "autoencoder.safetensors")
@@ -235,7 +235,7 @@ def test_cli_usage_errors(tiny_ckpts, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_shipped_defaults_meet_every_target():
     try:
-        E.resolve_checkpoints(E.TASKS)
+        E.resolve_checkpoints(E.TASK_NAMES)
     except UsageError as e:
         pytest.skip(str(e))
     results = E.evaluate(n=E.TARGET_N, device="cpu")

@@ -1,7 +1,13 @@
-"""The scripts in examples/ run as written against the embedded defaults (skipped when weights/ has none)."""
+"""The scripts in examples/ run as written against the embedded defaults (slow, `make test-all`; skipped when
+weights/ has none). The default run checks, without a model, that they still name what ldmcli provides: the Python
+examples' imports resolve, and batch.sh calls existing subcommands with existing options."""
 from __future__ import annotations
 
+import ast
+import importlib
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +23,8 @@ EXAMPLES = ROOT / "examples"
 
 
 def _defaults_present() -> bool:
-    from ldmcli.loading.registry import TASKS, default_path
+    from ldmcli.loading.registry import default_path
+    from ldmcli.tasks import TASK_NAMES as TASKS
     try:
         for t in TASKS:
             default_path(t)
@@ -26,7 +33,7 @@ def _defaults_present() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _defaults_present(), reason="no embedded defaults in weights/ (make weights)")
+needs_defaults = pytest.mark.skipif(not _defaults_present(), reason="no embedded defaults in weights/ (make weights)")
 
 
 def _run(args, cwd, **kw):
@@ -37,6 +44,41 @@ def _run(args, cwd, **kw):
     return r
 
 
+@pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+def test_python_example_imports_resolve(script):
+    tree = ast.parse(script.read_text(), str(script))
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module.startswith("ldmcli")]
+    assert imports
+    for node in imports:
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+            assert hasattr(module, alias.name), f"{script.name}: {node.module} has no {alias.name}"
+
+
+def _ldm_calls(script: Path):
+    """(subcommand, [options]) for every `ldm ...` command line of a shell script, up to its pipe/redirect/`)`."""
+    for line in script.read_text().splitlines():
+        m = re.search(r"(?:^|[|(]\s*)ldm\s+(.*)", line)
+        if m and not line.lstrip().startswith("#"):
+            words = shlex.split(re.split(r"\s(?:\|\|?|>|&&)\s|\)\s*$", m.group(1))[0])
+            yield words[0], [w for w in words[1:] if re.fullmatch(r"--?[A-Za-z][\w-]*", w)]
+
+
+def test_batch_script_calls_existing_commands_and_options():
+    import typer
+    from ldmcli.cli.app import app
+    subprocess.run(["bash", "-n", str(EXAMPLES / "batch.sh")], check=True)
+    commands = typer.main.get_command(app).commands
+    calls = list(_ldm_calls(EXAMPLES / "batch.sh"))
+    assert len(calls) >= 10
+    for name, options in calls:
+        assert name in commands, name
+        known = {o for p in commands[name].params for o in p.opts + p.secondary_opts}
+        assert set(options) <= known, (name, set(options) - known)
+
+
+@pytest.mark.slow   # runs every example on the embedded defaults
+@needs_defaults
 def test_python_examples(tmp_path):
     size = 32
     Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(tmp_path / "photo.png")
@@ -61,6 +103,8 @@ def test_python_examples(tmp_path):
     assert keep.sum() >= 256 and (out[keep] == 128).all()   # outside the feathered mask: the input, exactly
 
 
+@pytest.mark.slow
+@needs_defaults
 def test_batch_script(tmp_path):
     r = _run(["bash", EXAMPLES / "batch.sh", str(tmp_path / "out")], tmp_path)
     assert "replay identical" in r.stdout and "(bad input)" in r.stdout

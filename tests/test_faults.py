@@ -37,8 +37,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import ldmcli.sampling.pipeline as common
-from ldmcli.loading.checkpoint import config_metadata, save_safetensors
+import ldmcli.sampling.memory as memory
+from ldmcli.loading.checkpoint import save_safetensors
 from ldmcli.cli.app import app
 from test_fuzz import tiff
 from tiny import SD1_TINY, compvis_state_dict, tiny_model
@@ -48,11 +48,8 @@ SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__fil
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread_and_summary(request):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread_and_summary(request, one_thread):
     yield
-    torch.set_num_threads(n)
     totals = [len(RESULTS)] + [sum(r[k] for r in RESULTS.values()) for k in ("passed", "partial", "lost")]
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
@@ -60,13 +57,6 @@ def one_thread_and_summary(request):
         with capture.global_and_fixture_disabled():
             reporter.write_line("\nfault suite: {} of {} cases tried, {} passed, {} partial files, {} files lost"
                                 .format(totals[0], len(CASE_IDS), *totals[1:]))
-
-
-@pytest.fixture(scope="module")
-def sd1_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors"
-    save_safetensors(compvis_state_dict(tiny_model(SD1_TINY, seed=5)), path, config_metadata(SD1_TINY))
-    return path
 
 
 @pytest.fixture
@@ -190,7 +180,7 @@ def disk_full(after_images: int = 0):
 
 
 def small_machine(ctx, mp):
-    mp.setattr(common, "available_memory", lambda device: (24 * 2**30, "this machine has 24.0 GiB of RAM"))
+    mp.setattr(memory, "available_memory", lambda device: (24 * 2**30, "this machine has 24.0 GiB of RAM"))
 
 
 def nan_unet(ctx, mp):

@@ -18,7 +18,6 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from ldmcli.cli import jobs
 from ldmcli.errors import InputError, UsageError
 from ldmcli.io.images import MAX_PIXELS, load_image, load_mask
 from ldmcli.io.png import parse_a1111, read_metadata
-from tiny import SD1_TINY, compvis_state_dict, tiny_model
+from tiny import SD1_TINY
 
 DOCUMENTED = (InputError, UsageError)
 # LDM_FUZZ_EXAMPLES=5000 for a long hunt; 120 keeps the default run to a few seconds
@@ -69,9 +68,18 @@ def quietly(fn, *args, **kwargs):
     return out
 
 
-def _file(data: bytes, name: str):
-    d = tempfile.mkdtemp()
-    path = Path(d) / name
+_SCRATCH: list = []   # [the folder _file writes to], set per module by the `scratch` fixture
+
+
+@pytest.fixture(autouse=True, scope="module")
+def scratch(tmp_path_factory):
+    """hypothesis runs a test body for many examples, where a function-scoped tmp_path cannot follow: every example
+    writes its input to one module-wide folder, overwriting the previous example's file of the same name."""
+    _SCRATCH[:] = [tmp_path_factory.mktemp("fuzz")]
+
+
+def _file(data: bytes, name: str) -> Path:
+    path = _SCRATCH[0] / name
     path.write_bytes(data)
     return path
 
@@ -120,7 +128,7 @@ def _check_job(job: jobs.Job) -> None:
 def _through_batch_checks(job: jobs.Job) -> None:
     """What the batch runner checks before a model runs: required fields, sampler settings, sizes."""
     from ldmcli.cli import runner as batch
-    from ldmcli.sampling.pipeline import check_size
+    from ldmcli.tasks.geometry import check_size
 
     class Model:   # check_size needs only the config
         cfg = SD1_TINY
@@ -240,12 +248,10 @@ def tiff(bomb: bool) -> bytes:
     return bytes(data)
 
 
-def test_pillow_noise_stays_off_stderr_in_a_real_process(tmp_path):
+def test_pillow_noise_stays_off_stderr_in_a_real_process(tmp_path, sd1_file):
     """Outside pytest (whose logging handlers would swallow it) Pillow's ERROR log line and UserWarnings about
     hostile TIFFs must not reach stderr: each failed job is exactly one `ldm: error:` line."""
-    from ldmcli.loading.checkpoint import config_metadata, save_safetensors
-    ckpt = tmp_path / "tiny.safetensors"
-    save_safetensors(compvis_state_dict(tiny_model(SD1_TINY, seed=5)), ckpt, config_metadata(SD1_TINY))
+    ckpt = sd1_file
     Image.new("L", (9, 7), 255).save(tmp_path / "mask.png")
     (tmp_path / "a.tif").write_bytes(tiff(bomb=False))
     (tmp_path / "b.tif").write_bytes(tiff(bomb=True))

@@ -15,13 +15,15 @@ import torch
 from PIL import Image
 
 from ldmcli.models import config as C
-from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.loading.checkpoint import load_model
 from ldmcli.errors import InputError, UsageError
 from ldmcli.io.images import pil_to_tensor
 from ldmcli.cli.jobs import Job
-from ldmcli.sampling.pipeline import SamplerSettings, pad_to_multiple
-from ldmcli.tasks.inpaint import inpaint, inpaint_family, ldm_condition, paste_back, run_job, sd_condition
-from tiny import SD1_TINY, SD2_TINY, TINY_UNET, TINY_VQ, compvis_state_dict, tiny_model
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.tasks.geometry import pad_to_multiple
+from ldmcli.cli.inputs import run_job
+from ldmcli.tasks.inpaint import inpaint, inpaint_family, ldm_condition, paste_back, sd_condition
+from tiny import SD1_TINY, SD2_TINY, TINY_UNET, TINY_VQ
 
 SD1_INPAINT = SD1_TINY.with_(name="tiny-sd1-inpainting", task="inpaint", conditioning_key="hybrid",
                              unet=replace(TINY_UNET, in_channels=9))
@@ -45,16 +47,15 @@ FAST = SamplerSettings(steps=3, guidance_scale=3.0)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_ckpt):
     """Each family written as a CompVis-layout safetensors file and loaded back through the loader."""
+    def first_stage_twice(sd):   # `__is_first_stage__`: real files hold the autoencoder twice
+        sd.update({"cond_stage_model." + k[len("first_stage_model."):]: v.clone() for k, v in sd.items()
+                   if k.startswith("first_stage_model.")})
     out = {}
     for i, (name, cfg) in enumerate(FAMILIES.items()):
-        sd = compvis_state_dict(tiny_model(cfg, seed=10 + i))
-        if cfg.cond_stage == "first_stage":   # `__is_first_stage__`: real files hold the autoencoder twice
-            sd.update({"cond_stage_model." + k[len("first_stage_model."):]: v.clone() for k, v in sd.items()
-                       if k.startswith("first_stage_model.")})
-        path = tmp_path_factory.mktemp("ckpt") / f"{name}.safetensors"
-        save_safetensors(sd, path, config_metadata(cfg))
+        path = tiny_ckpt(cfg, seed=10 + i, name=name,
+                         edit=first_stage_twice if cfg.cond_stage == "first_stage" else None)
         model, info = load_model(path)
         assert info.family == cfg.name and not info.unexpected
         out[name] = model
@@ -202,10 +203,10 @@ def test_run_job(models, tmp_path):
     Image.fromarray((_mask(32, 24) * 255).astype(np.uint8)).save(tmp_path / "mask.png")   # same aspect, 2x
     job = Job(prompt="a", image=str(tmp_path / "img.png"), mask=str(tmp_path / "mask.png"),
               extra={"mask_blur": 1, "invert_mask": False})
-    out = run_job(models["sd1-inpainting"], job, [1], FAST, None)
+    out = run_job("inpaint", models["sd1-inpainting"], job, [1], FAST, None)
     assert out[0].size == (16, 12)
     Image.fromarray(np.zeros((10, 30), np.uint8)).save(tmp_path / "wide.png")
     with pytest.raises(InputError, match="aspect"):
-        run_job(models["sd1-inpainting"], replace(job, mask=str(tmp_path / "wide.png")), [1], FAST, None)
+        run_job("inpaint", models["sd1-inpainting"], replace(job, mask=str(tmp_path / "wide.png")), [1], FAST, None)
     with pytest.raises(UsageError, match="invert_mask"):
-        run_job(models["sd1-inpainting"], replace(job, extra={"invert_mask": "yes"}), [1], FAST, None)
+        run_job("inpaint", models["sd1-inpainting"], replace(job, extra={"invert_mask": "yes"}), [1], FAST, None)

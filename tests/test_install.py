@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from ldmcli.errors import UsageError
-from ldmcli.train.install import TASKS, install, main
+from ldmcli.tasks import TASK_NAMES as TASKS
+from ldmcli.train.install import install, main
 
 
 def _run(tmp_path, tasks=TASKS):

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from ldmcli.io import atomic
 from ldmcli.io import png as outputs
 from ldmcli.cli.console import Console
 from ldmcli.errors import InputError, LdmError, UsageError
@@ -357,7 +358,7 @@ def test_disk_full_leaves_nothing_behind(tmp_path, monkeypatch, where):
     if where == "save":
         monkeypatch.setattr(Image.Image, "save", _fail_save)
     else:
-        monkeypatch.setattr(outputs.os, "fsync", _fail_fsync)
+        monkeypatch.setattr(atomic.os, "fsync", _fail_fsync)
     with pytest.raises(LdmError, match=f"^no space left on device writing {target}$"):
         write_png_atomic(Image.fromarray(noise()), target, RECORD)
     assert os.listdir(tmp_path) == ["out.png"] and target.read_bytes() == b"previous result"

@@ -14,15 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 from ldmcli.models import config as C
-from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.loading.checkpoint import load_model
 from ldmcli.cli.app import app
 from ldmcli.errors import InputError, UsageError
 from ldmcli.cli.jobs import Job
 from ldmcli.io.layout import (LayoutBox, coordinate_token, layout_tokens, normalised_boxes, parse_box, read_layout,
                            unconditional_tokens)
-from ldmcli.sampling.pipeline import SamplerSettings
-from ldmcli.tasks.layout2img import layout2img, layout_condition, list_labels, run_job
-from tiny import compvis_state_dict, tiny_model
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.cli.inputs import run_job
+from ldmcli.tasks.layout2img import layout2img, layout_condition, list_labels
 
 VQ_F4 = C.AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 1, 2), resolution=32,
                             double_z=False, n_embed=64)
@@ -47,14 +47,9 @@ def ldm(*args):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    sd = compvis_state_dict(tiny_model(LAYOUT, seed=31))
-    out = {}
-    for cfg in (LAYOUT, UNNAMED):
-        path = tmp_path_factory.mktemp("ckpt") / f"{cfg.name}.safetensors"
-        save_safetensors(sd, path, config_metadata(cfg))
-        out[cfg.name] = path
-    return out
+def files(tiny_ckpt):
+    """The same weights under both configs (labels named, and not)."""
+    return {cfg.name: tiny_ckpt(cfg, seed=31, weights=LAYOUT) for cfg in (LAYOUT, UNNAMED)}
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +166,12 @@ def test_run_job_and_sizes(model, tmp_path):
     p = tmp_path / "l.json"
     p.write_text(json.dumps([{"label": "square", "box": [0.1, 0.1, 0.9, 0.5]}]))
     job = Job(layout=str(p), width=48, height=32, extra={"boxes": ["circle 0 0 24 16"]})
-    images = run_job(model, job, [0, 1], SamplerSettings(steps=1), None)
+    images = run_job("layout2img", model, job, [0, 1], SamplerSettings(steps=1), None)
     assert [im.size for im in images] == [(48, 32), (48, 32)]
     with pytest.raises(UsageError, match="needs a layout JSON file or at least one --box"):
-        run_job(model, Job(), [0], SamplerSettings(steps=1), None)
+        run_job("layout2img", model, Job(), [0], SamplerSettings(steps=1), None)
     with pytest.raises(UsageError, match="multiple of 8"):
-        run_job(model, Job(width=36, extra={"boxes": ["circle 0 0 1 1"]}), [0], SamplerSettings(steps=1), None)
+        run_job("layout2img", model, Job(width=36, extra={"boxes": ["circle 0 0 1 1"]}), [0], SamplerSettings(steps=1), None)
 
 
 def test_list_labels(model):

@@ -1,4 +1,4 @@
-"""Memory estimates and refusals (tasks/common.check_memory), and the decode fallbacks: fp32 retry on NaN/Inf
+"""Memory estimates and refusals (sampling/memory.check_memory), and the decode fallbacks: fp32 retry on NaN/Inf
 pixels of a half-precision first stage, tiled retry on out-of-memory."""
 from __future__ import annotations
 
@@ -12,37 +12,25 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ldmcli.sampling.pipeline as common
+import ldmcli.sampling.memory as memory
+import ldmcli.sampling.pipeline as pipeline
 from ldmcli.loading import presets
-from ldmcli.loading.checkpoint import config_metadata, save_safetensors
 from ldmcli.cli.app import app
 from ldmcli.errors import LdmError, UsageError
 from ldmcli.io.images import tensor_to_pil
-from ldmcli.sampling.tiles import decode_tiled
-from tiny import SD1_TINY, compvis_state_dict, tiny_model
+from ldmcli.tasks.geometry import check_size
+from ldmcli.sampling.tiling import decode_tiled
+from tiny import SD1_TINY, tiny_model
 
 GiB = 2**30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions on a shared 2-core machine run ~100x faster on one thread than on two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(SD1_TINY, seed=3)
-
-
-@pytest.fixture(scope="module")
-def sd1_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors"
-    save_safetensors(compvis_state_dict(tiny_model(SD1_TINY, seed=5)), path, config_metadata(SD1_TINY))
-    return path
 
 
 def _latent(model, n=1, side=8, seed=0):
@@ -52,22 +40,22 @@ def _latent(model, n=1, side=8, seed=0):
 # --- estimates -----------------------------------------------------------------------------------------------------
 def test_estimates_grow_with_area_and_batch():
     unet, vae = presets.SD1.unet, presets.SD1.first_stage
-    u1, u2 = common.unet_bytes(unet, 64, 64, 2, 2), common.unet_bytes(unet, 128, 128, 2, 2)
+    u1, u2 = memory.unet_bytes(unet, 64, 64, 2, 2), memory.unet_bytes(unet, 128, 128, 2, 2)
     assert u2 == pytest.approx(4 * u1, rel=1e-6)          # linear in H·W: SDPA's fused kernels, no N² scores
-    assert common.unet_bytes(unet, 64, 64, 4, 2) == pytest.approx(2 * u1, rel=1e-6)
-    assert common.unet_bytes(unet, 64, 64, 2, 4) == pytest.approx(2 * u1, rel=1e-6)
+    assert memory.unet_bytes(unet, 64, 64, 4, 2) == pytest.approx(2 * u1, rel=1e-6)
+    assert memory.unet_bytes(unet, 64, 64, 2, 4) == pytest.approx(2 * u1, rel=1e-6)
     # SD1 at 512² in fp16 with CFG: a few hundred MiB of UNet activations, the decoder under 1 GiB
     assert 50 * 2**20 < u1 < 1 * GiB
-    assert 100 * 2**20 < common.decoder_bytes(vae, 64, 64, 1, 2) < 1 * GiB
+    assert 100 * 2**20 < memory.decoder_bytes(vae, 64, 64, 1, 2) < 1 * GiB
     # the decoder's attention gets contiguous q/k/v, so SDPA's fused kernels keep it linear in the area too
-    d1, d2 = common.decoder_bytes(vae, 512, 512, 1, 2), common.decoder_bytes(vae, 1024, 1024, 1, 2)
+    d1, d2 = memory.decoder_bytes(vae, 512, 512, 1, 2), memory.decoder_bytes(vae, 1024, 1024, 1, 2)
     assert d2 == pytest.approx(4 * d1, rel=1e-6)
 
 
 def test_adm_attention_is_linear():
     """ADM AttentionBlocks (no SpatialTransformer) hand SDPA contiguous q/k/v: no N² scores."""
     cfg = presets.LDM_CELEBA256.unet
-    small, large = common.unet_bytes(cfg, 64, 64, 1, 4), common.unet_bytes(cfg, 256, 256, 1, 4)
+    small, large = memory.unet_bytes(cfg, 64, 64, 1, 4), memory.unet_bytes(cfg, 256, 256, 1, 4)
     assert large == pytest.approx(16 * small, rel=1e-6)
 
 
@@ -101,7 +89,7 @@ _MEASURE = textwrap.dedent("""
     from ldmcli.models import config as C
     from ldmcli.models.unet import UNetModel
     from ldmcli.models.autoencoder import build_first_stage
-    from ldmcli.sampling.pipeline import unet_bytes, decoder_bytes
+    from ldmcli.sampling.memory import unet_bytes, decoder_bytes
     torch.set_num_threads(1)
     def status(key):
         return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
@@ -122,6 +110,7 @@ _MEASURE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # real-size attention and decoder blocks measured in fresh processes
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux peak-RSS accounting")
 def test_estimates_match_measured_peak_rss():
     """The formulas against the real peak RSS of one forward (fresh process; glibc told to hand memory back)."""
@@ -135,10 +124,10 @@ def test_estimates_match_measured_peak_rss():
 
 # --- refusal -------------------------------------------------------------------------------------------------------
 def test_check_memory_refuses_with_figures(model, monkeypatch):
-    monkeypatch.setattr(common, "available_memory", lambda device: (24 * GiB, "this machine has 24.0 GiB of RAM"))
-    common.check_memory(model, 64, 64, 4)                    # a tiny model at 128² is far below 24 GiB
+    monkeypatch.setattr(memory, "available_memory", lambda device: (24 * GiB, "this machine has 24.0 GiB of RAM"))
+    memory.check_memory(model, 64, 64, 4)                    # a tiny model at 128² is far below 24 GiB
     with pytest.raises(UsageError) as e:
-        common.check_memory(model, 8192, 8192, 1)            # 16384² px: the UNet alone needs ~200 GiB
+        memory.check_memory(model, 8192, 8192, 1)            # 16384² px: the UNet alone needs ~200 GiB
     msg = str(e.value)
     assert msg.startswith("16384x16384 px with a batch of 1 needs about") and "\n" not in msg
     assert "UNet activations" in msg and "VAE decode" in msg and "this machine has 24.0 GiB" in msg
@@ -147,31 +136,31 @@ def test_check_memory_refuses_with_figures(model, monkeypatch):
 def test_decode_counted_by_tiles_when_one_piece_cannot_fit(model, monkeypatch):
     """The one-piece decode does not fit but the tiled one does: accepted (decode will tile)."""
     cfg = model.cfg
-    one = common.decoder_bytes(cfg.first_stage, 512, 512, 1, 4)
-    tiled = common.decoder_bytes(cfg.first_stage, cfg.latent_size, cfg.latent_size, 1, 4)
+    one = memory.decoder_bytes(cfg.first_stage, 512, 512, 1, 4)
+    tiled = memory.decoder_bytes(cfg.first_stage, cfg.latent_size, cfg.latent_size, 1, 4)
     image = 48 * 1024 * 1024                                 # bytes per pixel × the 1024² px image
     have = tiled + image + 2**20
     assert have < one + image
-    monkeypatch.setattr(common, "unet_bytes", lambda *a: 0)  # only the decode is under test here
-    monkeypatch.setattr(common, "available_memory", lambda device: (have, "x"))
-    common.check_memory(model, 512, 512, 1)
+    monkeypatch.setattr(memory, "unet_bytes", lambda *a: 0)  # only the decode is under test here
+    monkeypatch.setattr(memory, "available_memory", lambda device: (have, "x"))
+    memory.check_memory(model, 512, 512, 1)
 
 
 def test_available_memory_on_cpu():
-    have, where = common.available_memory(torch.device("cpu"))
+    have, where = memory.available_memory(torch.device("cpu"))
     assert have > 2**28 and ("RAM" in where or "container" in where)
 
 
 def test_size_hard_cap(model):
     with pytest.raises(UsageError, match="--height 16386 is over the 16384 px limit"):
-        common.check_size(model, 16386, 64)
+        check_size(model, 16386, 64)
     with pytest.raises(UsageError, match="positive multiple of 4"):
-        common.check_size(model, 64, 18)
-    common.check_size(model, 16384, 16384)                  # at the cap: left to check_memory
+        check_size(model, 64, 18)
+    check_size(model, 16384, 16384)                         # at the cap: left to check_memory
 
 
 def test_cli_refuses_huge_size_before_sampling(sd1_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "available_memory", lambda device: (24 * GiB, "this machine has 24.0 GiB of RAM"))
+    monkeypatch.setattr(memory, "available_memory", lambda device: (24 * GiB, "this machine has 24.0 GiB of RAM"))
     monkeypatch.setattr("ldmcli.sampling.samplers.sample", lambda *a, **k: pytest.fail("sampling started"))
     r = CliRunner().invoke(app, ["txt2img", "x", "--ckpt", str(sd1_file), "-H", "16384", "-W", "16384",
                                  "-o", str(tmp_path / "out"), "-q"])
@@ -195,12 +184,12 @@ def test_nan_in_bf16_decode_retries_in_fp32_and_warns_once(caplog):
     ref = tiny_model(SD1_TINY, seed=3).to(torch.bfloat16)
     ref.first_stage_model.float()                           # the bf16-rounded weights, decoding in fp32
     z = _latent(ref, n=2)
-    want = [im.tobytes() for im in common.decode(ref, z)]
+    want = [im.tobytes() for im in pipeline.decode(ref, z)]
     half = tiny_model(SD1_TINY, seed=3).to(torch.bfloat16)
     _nan_in_half(half.first_stage_model)
     with caplog.at_level(logging.WARNING, logger="ldmcli"):
-        got = [im.tobytes() for im in common.decode(half, z)]
-        again = [im.tobytes() for im in common.decode(half, z)]
+        got = [im.tobytes() for im in pipeline.decode(half, z)]
+        again = [im.tobytes() for im in pipeline.decode(half, z)]
     assert got == want and again == want                    # the fp32 first stage decodes exactly as the fp32 model
     assert next(half.first_stage_model.parameters()).dtype == torch.float32   # kept in fp32 for later images
     assert next(half.model.parameters()).dtype == torch.bfloat16               # the UNet untouched
@@ -210,12 +199,12 @@ def test_nan_in_bf16_decode_retries_in_fp32_and_warns_once(caplog):
 
 def test_nan_in_fp32_decode_and_nan_latents_are_errors(model):
     with pytest.raises(LdmError, match=r"sampled latents hold NaN/Inf values \(broken UNet weights\?\)"):
-        common.decode(model, torch.full((1, 4, 8, 8), float("nan")))
+        pipeline.decode(model, torch.full((1, 4, 8, 8), float("nan")))
     broken = tiny_model(SD1_TINY, seed=3)
     with torch.no_grad():
         broken.first_stage_model.decoder.conv_out.bias.fill_(float("inf"))
     with pytest.raises(LdmError, match="the float32 first stage decoded NaN/Inf pixels"):
-        common.decode(broken, _latent(broken))
+        pipeline.decode(broken, _latent(broken))
 
 
 def test_cli_bf16_nan_warns_once_and_writes_good_images(sd1_file, tmp_path, monkeypatch):
@@ -248,7 +237,7 @@ def test_oom_retries_by_tiles(caplog):
     calls = []
     _oom_when_larger_than(m.first_stage_model, 4, calls)
     with caplog.at_level(logging.WARNING, logger="ldmcli"):
-        got = common.decode(m, z)[0]
+        got = pipeline.decode(m, z)[0]
     assert calls[0] == (8, 8) and set(calls[1:]) == {(4, 4)}     # one failed whole decode, then 4×4 tiles
     ref = tiny_model(SD1_TINY, seed=3)
     with torch.inference_mode():
@@ -261,7 +250,7 @@ def test_oom_retries_by_tiles(caplog):
 def test_tiled_decode_keeps_both_fallbacks(caplog):
     """The decode of tiled sampling (semantic2img/superres at large sizes) goes through the same fallbacks: a
     bfloat16 first stage that decodes NaN is retried in float32, and an out-of-memory tile is halved."""
-    from ldmcli.sampling.tiled import Tiling, decode_images
+    from ldmcli.sampling.tiling import Tiling
     z = _latent(tiny_model(SD1_TINY, seed=3), side=32)
     ref = tiny_model(SD1_TINY, seed=3).to(torch.bfloat16)
     ref.first_stage_model.float()
@@ -270,12 +259,12 @@ def test_tiled_decode_keeps_both_fallbacks(caplog):
     half = tiny_model(SD1_TINY, seed=3).to(torch.bfloat16)
     _nan_in_half(half.first_stage_model)
     with caplog.at_level(logging.WARNING, logger="ldmcli"):
-        assert decode_images(half, z, Tiling(tile=16, overlap=4))[0].tobytes() == want
+        assert pipeline.decode(half, z, Tiling(tile=16, overlap=4))[0].tobytes() == want
     assert next(half.first_stage_model.parameters()).dtype == torch.float32
     m, calls = tiny_model(SD1_TINY, seed=3), []
     _oom_when_larger_than(m.first_stage_model, 8, calls)
     with caplog.at_level(logging.WARNING, logger="ldmcli"):
-        got = decode_images(m, z, Tiling(tile=16, overlap=4))[0]
+        got = pipeline.decode(m, z, Tiling(tile=16, overlap=4))[0]
     assert calls[0] == (16, 16) and set(calls[1:]) == {(8, 8)}   # the asked-for tile failed, then half of it
     with torch.inference_mode():
         assert got.tobytes() == tensor_to_pil(decode_tiled(tiny_model(SD1_TINY, seed=3).decode_first_stage, z, 8,
@@ -289,15 +278,15 @@ def test_oom_at_every_tile_size_is_one_error():
     m = tiny_model(SD1_TINY, seed=3)
     _oom_when_larger_than(m.first_stage_model, 0, [])
     with pytest.raises(LdmError, match="out of memory decoding 32x32 images, even by tiles"):
-        common.decode(m, _latent(m, side=16))
+        pipeline.decode(m, _latent(m, side=16))
 
 
 def test_one_piece_that_cannot_fit_is_tiled_up_front(monkeypatch):
     m = tiny_model(SD1_TINY, seed=3)
     calls = []
     _oom_when_larger_than(m.first_stage_model, 1000, calls)
-    monkeypatch.setattr(common, "_decode_fits", lambda model, z: False)
-    common.decode(m, _latent(m, side=16))
+    monkeypatch.setattr(memory, "decode_fits", lambda model, z: False)
+    pipeline.decode(m, _latent(m, side=16))
     assert calls and max(max(c) for c in calls) == m.cfg.latent_size    # never the whole 16×16 latent
 
 
@@ -311,11 +300,11 @@ def test_cpu_allocator_failure_counts_as_oom():
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
         return real(z)
     m.first_stage_model.decode = decode
-    assert len(common.decode(m, _latent(m, side=8))) == 1 and state["n"] > 1
+    assert len(pipeline.decode(m, _latent(m, side=8))) == 1 and state["n"] > 1
 
 
 def test_other_runtime_errors_are_not_swallowed():
     m = tiny_model(SD1_TINY, seed=3)
     m.first_stage_model.decode = lambda z: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        common.decode(m, _latent(m))
+        pipeline.decode(m, _latent(m))

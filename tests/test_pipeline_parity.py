@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
-from ldmcli.sampling.samplers import initial_noise
-from ldmcli.sampling.pipeline import SamplerSettings, sample_latents
-from tiny import SD1_TINY, SD2_TINY, compvis_state_dict, tiny_model
+from ldmcli.loading.checkpoint import load_model
+from ldmcli.sampling.noise import initial_noise
+from ldmcli.sampling.pipeline import sample_latents
+from ldmcli.sampling.settings import SamplerSettings
+from tiny import SD1_TINY, SD2_TINY, compvis_state_dict
 
 diffusers = pytest.importorskip("diffusers")
 TOL = 1e-4
@@ -59,10 +60,8 @@ def _oracle_sample(unet, vae, sched, x, context, uncond, scale, steps, scale_fac
 
 @pytest.mark.parametrize("cfg", [SD1_TINY, SD2_TINY], ids=["sd1-eps", "sd2-v"])
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
-def test_txt2img_trajectory_matches_diffusers(tmp_path, cfg, sampler):
-    path = tmp_path / "tiny.safetensors"
-    save_safetensors(compvis_state_dict(tiny_model(cfg, seed=3)), path, config_metadata(cfg))
-    model, info = load_model(path)
+def test_txt2img_trajectory_matches_diffusers(tiny_ckpt, cfg, sampler):
+    model, info = load_model(tiny_ckpt(cfg, seed=3))
     assert info.family == cfg.name and not info.unexpected
     unet, vae = _oracle(cfg, compvis_state_dict(model))
 

@@ -14,9 +14,12 @@ import torch
 
 from ldmcli.errors import UsageError
 from ldmcli.sampling.guidance import cfg_model, eps_model, predict_x0
-from ldmcli.sampling.samplers import (SAMPLERS, initial_noise, sample, sample_plms, seeded_noise)
-from ldmcli.sampling.schedules import (alphas_cumprod_from, ddim_timesteps, k_sigmas, linear_betas, sigma_to_t, t_to_alpha,
-                              trailing_timesteps)
+from ldmcli.sampling.blending import KnownRegion
+from ldmcli.sampling.noise import initial_noise, seeded_noise
+from ldmcli.sampling.samplers import grid_for, sample, sample_plms
+from ldmcli.sampling.schedules import (alphas_cumprod_from, ddim_timesteps, karras, linear_betas, sigma_to_t,
+                                       t_to_alpha, trailing_timesteps, uniform)
+from ldmcli.sampling.table import SAMPLERS
 
 AC = alphas_cumprod_from(0.00085, 0.012)
 SHAPE = (2, 4, 8, 8)
@@ -36,6 +39,13 @@ def toy(seed: int, dtype=torch.float32):
 
 def x_T(dtype=torch.float32, seed=0):
     return torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def run(name, model, x, steps, karras=False, x0_known=None, mask=None, noise=None, **kw):
+    """Sampler `name` on its default grid (Karras σs for karras=True), blending x0_known/mask when given."""
+    if x0_known is not None or mask is not None:
+        model = KnownRegion(model, x0_known, mask, noise)
+    return sample(name, model, x, grid_for(name, AC, steps, karras=karras), noise=noise, **kw)
 
 
 def gen_noise(seed):
@@ -73,7 +83,8 @@ def test_ddim_timesteps():
 
 
 def test_sigma_t_round_trip():
-    sigmas, ts = k_sigmas(AC, 10, karras=True)
+    grid = karras(AC, 10)
+    sigmas, ts = grid.sigmas, grid.t
     assert torch.allclose(t_to_alpha(ts, AC), 1 / (1 + sigmas[:-1] ** 2), rtol=1e-12)
     assert torch.allclose(sigma_to_t(sigmas[:-1], AC), ts)
     assert torch.equal(t_to_alpha(torch.arange(1000.0), AC), AC)   # exact at integer t
@@ -145,8 +156,8 @@ def parity_errors(case: str, prediction: str, frac_t: bool = True, dtype=torch.f
     out_fn = toy(1, dtype) if prediction == "epsilon" else toy(2, dtype)
     ours = []
     model = out_fn if prediction == "epsilon" else eps_model(out_fn, "v", AC)
-    final = sample(name, model, x_T(dtype), AC, steps, noise=gen_noise(1),
-                   callback=lambda i, n, x, x0: ours.append(x), **kw)
+    final = run(name, model, x_T(dtype), steps, noise=gen_noise(1),
+                callback=lambda i, n, x, x0: ours.append(x), **kw)
     sched = cls(**config, prediction_type=prediction)
     if dtype == torch.float64:
         sched = _float64_schedule(sched)
@@ -221,7 +232,7 @@ def plms_transcription(model, x, ac, steps):
 @pytest.mark.parametrize("steps", [1, 2, 4, 5, 30, 50])   # the reference itself crashes for S=3 (t=1000)
 def test_plms_matches_transcription(steps):
     model = toy(3, torch.float64)
-    ours = sample("plms", model, x_T(torch.float64), AC, steps)
+    ours = run("plms", model, x_T(torch.float64), steps)
     ref = plms_transcription(model, x_T(torch.float64), AC, steps)
     assert (ours - ref).abs().max().item() < 1e-10
 
@@ -232,10 +243,10 @@ def test_plms_v_model_equals_equivalent_eps_model():
     def v_toy(x, t):   # the v-model whose ε is eps_toy: v = (ε − √(1−ᾱ)·x)/√ᾱ at integer t
         a = AC[t.long()].view(-1, 1, 1, 1)
         return (eps_toy(x, t) - (1 - a).sqrt() * x) / a.sqrt()
-    on_eps = sample_plms(eps_toy, x_T(torch.float64), AC, 20)
-    on_v = sample_plms(eps_model(v_toy, "v", AC), x_T(torch.float64), AC, 20)
+    on_eps = sample_plms(eps_toy, x_T(torch.float64), uniform(AC, 20))
+    on_v = sample_plms(eps_model(v_toy, "v", AC), x_T(torch.float64), uniform(AC, 20))
     assert (on_eps - on_v).abs().max().item() < 1e-9
-    reference_bug = sample_plms(v_toy, x_T(torch.float64), AC, 20)   # v fed as ε, as the reference PLMS does
+    reference_bug = sample_plms(v_toy, x_T(torch.float64), uniform(AC, 20))   # v fed as ε, as the reference PLMS does
     assert (on_eps - reference_bug).abs().max().item() > 0.1
 
 
@@ -319,30 +330,31 @@ def test_seeded_sampling_independent_of_batch(name):
     seeds, model = [21, 22, 23, 24], toy(7)
     kw = {"eta": 1.0} if name == "ddim" else {}
 
-    def run(ss):
+    def batch_of(ss):
         x = initial_noise((len(ss), 4, 8, 8), ss)
-        return sample(name, model, x, AC, 10, noise=seeded_noise([s + 1000 for s in ss]), **kw)
-    batch = run(seeds)
+        return run(name, model, x, 10, noise=seeded_noise([s + 1000 for s in ss]), **kw)
+    batch = batch_of(seeds)
     for k, s in enumerate(seeds):
-        assert torch.allclose(batch[k], run([s])[0], atol=1e-6)
+        assert torch.allclose(batch[k], batch_of([s])[0], atol=1e-6)
 
 
 def test_dispatch_errors():
     model = toy(0)
-    with pytest.raises(UsageError):
-        sample("lms", model, x_T(), AC, 10)
-    with pytest.raises(UsageError):
-        sample("plms", model, x_T(), AC, 10, eta=0.5)
-    with pytest.raises(UsageError):
-        sample("ddim", model, x_T(), AC, 10, karras=True)
-    with pytest.raises(UsageError):
-        sample("ddim", model, x_T(), AC, 10, mask=torch.ones(SHAPE))
+    grid = uniform(AC, 10)
+    with pytest.raises(UsageError, match="unknown sampler 'lms'; choose one of ddim, plms, ddpm, dpmpp_2m, euler"):
+        sample("lms", model, x_T(), grid)
+    with pytest.raises(UsageError, match="PLMS is deterministic: eta must be 0"):
+        sample("plms", model, x_T(), grid, eta=0.5)
+    with pytest.raises(UsageError, match="Karras sigmas apply to dpmpp_2m, euler, euler_a only, not ddim"):
+        grid_for("ddim", AC, 10, karras=True)
+    with pytest.raises(UsageError, match="latent inpainting needs both x0_known and mask"):
+        run("ddim", model, x_T(), 10, mask=torch.ones(SHAPE))
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_inpaint_full_mask_returns_known(name):
     known = x_T(seed=5)
-    out = sample(name, toy(8), x_T(), AC, 10, x0_known=known, mask=torch.ones(SHAPE))
+    out = run(name, toy(8), x_T(), 10, x0_known=known, mask=torch.ones(SHAPE))
     assert torch.equal(out, known)
 
 
@@ -357,7 +369,7 @@ def test_inpaint_blends_before_each_step(name):
     def model(x, t):
         seen.append((x.clone(), t.clone()))
         return toy(8)(x, t)
-    out = sample(name, model, x_T(), AC, 10, x0_known=known, mask=mask, noise=lambda x: fixed)
+    out = run(name, model, x_T(), 10, x0_known=known, mask=mask, noise=lambda x: fixed)
     x_in, t = seen[0]
     a = t_to_alpha(t, AC).view(-1, 1, 1, 1).float()
     assert torch.allclose(x_in[..., :4], (a.sqrt() * known + (1 - a).sqrt() * fixed)[..., :4], atol=1e-5)
@@ -368,7 +380,7 @@ def test_inpaint_blends_before_each_step(name):
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_runs_and_calls_back(name):
     steps_seen = []
-    out = sample(name, toy(9), x_T(), AC, 10, callback=lambda i, n, x, x0: steps_seen.append((i, n)))
+    out = run(name, toy(9), x_T(), 10, callback=lambda i, n, x, x0: steps_seen.append((i, n)))
     assert steps_seen == [(i, 10) for i in range(10)]
     assert out.shape == SHAPE and torch.isfinite(out).all()
 
@@ -382,8 +394,8 @@ def test_cuda_noise_identity_and_half_precision_sampling():
     x = initial_noise(SHAPE, seeds, device="cuda", noise_device="cpu")
     assert x.device.type == "cuda" and torch.equal(x.cpu(), initial_noise(SHAPE, seeds, device="cpu"))
     for name in SAMPLERS:
-        ref = sample(name, toy(10), x.cpu(), AC, 10, noise=seeded_noise(seeds, noise_device="cpu"))
-        out = sample(name, toy(10), x.half(), AC, 10, noise=seeded_noise(seeds, device="cuda", noise_device="cpu"))
+        ref = run(name, toy(10), x.cpu(), 10, noise=seeded_noise(seeds, noise_device="cpu"))
+        out = run(name, toy(10), x.half(), 10, noise=seeded_noise(seeds, device="cuda", noise_device="cpu"))
         assert out.dtype == torch.float16 and torch.isfinite(out).all()
         assert (out.float().cpu() - ref).abs().max().item() < 0.05, name
 

@@ -17,14 +17,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ldmcli.models import config as C
-from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.loading.checkpoint import load_model
 from ldmcli.cli.app import app
 from ldmcli.errors import InputError, UsageError
 from ldmcli.cli.jobs import Job
 from ldmcli.io.segmap import check_class_ids, one_hot, parse_palette, read_segmap
-from ldmcli.sampling.pipeline import SamplerSettings
-from ldmcli.tasks.semantic2img import list_labels, run_job, semantic2img, semantic_condition
-from tiny import compvis_state_dict, tiny_model
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.cli.inputs import run_job
+from ldmcli.tasks.semantic2img import list_labels, semantic2img, semantic_condition
 
 VQ_F4 = C.AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 1, 2), resolution=32,
                             double_z=False, n_embed=64)
@@ -52,13 +52,8 @@ def ldm(*args):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    out = {}
-    for i, cfg in enumerate((SEMANTIC, NAMED)):
-        path = tmp_path_factory.mktemp("ckpt") / f"{cfg.name}.safetensors"
-        save_safetensors(compvis_state_dict(tiny_model(cfg, seed=40 + i)), path, config_metadata(cfg))
-        out[cfg.name] = path
-    return out
+def files(tiny_ckpt):
+    return {cfg.name: tiny_ckpt(cfg, seed=40 + i) for i, cfg in enumerate((SEMANTIC, NAMED))}
 
 
 @pytest.fixture(scope="module")
@@ -194,16 +189,16 @@ def test_large_map_full_size_and_tiled(models):
 def test_tiles_by_itself_when_one_pass_would_not_fit(models, monkeypatch):
     """With no tile option, a map whose one-pass UNet activations exceed the device's memory runs in native tiles
     (the result equals an explicit native tiling), instead of being refused."""
-    import ldmcli.sampling.pipeline as common
+    import ldmcli.sampling.memory as memory
     public, _ = models
     seg = _map(32, 64, 182, seed=2)
-    real = common.unet_bytes       # x1000: the UNet dominates memory, as in a full-size model (the tiny VAE here)
-    monkeypatch.setattr(common, "unet_bytes", lambda *a, **k: 1000 * real(*a, **k))
-    whole = common.unet_bytes(public.cfg.unet, 8, 16, 1, public.dtype.itemsize)
-    tile = common.unet_bytes(public.cfg.unet, 8, 8, 1, public.dtype.itemsize)
+    real = memory.unet_bytes       # x1000: the UNet dominates memory, as in a full-size model (the tiny VAE here)
+    monkeypatch.setattr(memory, "unet_bytes", lambda *a, **k: 1000 * real(*a, **k))
+    whole = memory.unet_bytes(public.cfg.unet, 8, 16, 1, public.dtype.itemsize)
+    tile = memory.unet_bytes(public.cfg.unet, 8, 8, 1, public.dtype.itemsize)
     assert tile < whole
     explicit = semantic2img(public, seg, seeds=[0], settings=FAST, tile_size=8)[0]
-    monkeypatch.setattr(common, "available_memory", lambda device: ((tile + whole) // 2, "test device"))
+    monkeypatch.setattr(memory, "available_memory", lambda device: ((tile + whole) // 2, "test device"))
     shapes = []
     public.model.diffusion_model.register_forward_pre_hook(lambda mod, args: shapes.append(tuple(args[0].shape)))
     try:
@@ -221,7 +216,7 @@ def test_bad_task_inputs(models):
     with pytest.raises(UsageError, match="no unconditional input"):
         semantic2img(public, _map(8, 8, 182), seeds=[0], settings=SamplerSettings(steps=1, guidance_scale=2.0))
     with pytest.raises(UsageError, match="needs a segmentation map"):
-        run_job(public, Job(), [0], FAST, None)
+        run_job("semantic2img", public, Job(), [0], FAST, None)
 
 
 def test_run_job_palette(models, tmp_path):
@@ -231,7 +226,7 @@ def test_run_job_palette(models, tmp_path):
     Image.fromarray(rgb).save(tmp_path / "c.png")
     (tmp_path / "p.json").write_text(json.dumps({"#ff0000": "circle", "#000000": "background"}))
     job = Job(segmap=str(tmp_path / "c.png"), extra={"palette": str(tmp_path / "p.json")})
-    assert run_job(named, job, [0], FAST, None)[0].size == (24, 16)
+    assert run_job("semantic2img", named, job, [0], FAST, None)[0].size == (24, 16)
 
 
 def test_list_labels(models):
@@ -323,8 +318,8 @@ def test_cli_batch_checks_files_before_loading(files, tmp_path, monkeypatch):
     (tmp_path / "mixed.jsonl").write_text(json.dumps({"segmap": "missing.png"}) + "\n"
                                           + json.dumps({"segmap": "good.png"}) + "\n")
     loaded = []
-    real = ldmcli.cli.runner._load_model
-    monkeypatch.setattr(ldmcli.cli.runner, "_load_model", lambda *a: loaded.append(1) or real(*a))
+    real = ldmcli.cli.runner.load_model
+    monkeypatch.setattr(ldmcli.cli.runner, "load_model", lambda *a: loaded.append(1) or real(*a))
     common = ["--ckpt", files["tiny-semantic2img-named"], "--steps", 1, "-q"]
     r = ldm("semantic2img", "--from-file", tmp_path / "bad.jsonl", *common, "-o", tmp_path / "out")
     assert r.exit_code == 2 and not loaded, (r.exit_code, r.stderr)

@@ -14,14 +14,17 @@ import torch
 from PIL import Image
 
 from ldmcli.models import config as C
-from ldmcli.loading.checkpoint import config_metadata, load_model, save_safetensors
+from ldmcli.loading.checkpoint import load_model
 from ldmcli.errors import UsageError
 from ldmcli.io.images import pil_to_tensor
 from ldmcli.cli.jobs import Job
-from ldmcli.sampling.pipeline import SamplerSettings, sample_latents
-from ldmcli.tasks.superres import run_job, superres, x4_condition
-from ldmcli.sampling.tiled import TiledModel, Tiling, plan_tiling, tiled_apply
-from tiny import TINY_OPENCLIP, compvis_state_dict, tiny_model
+from ldmcli.sampling.pipeline import sample_latents
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.cli.inputs import run_job
+from ldmcli.tasks.superres import superres, x4_condition
+from ldmcli.sampling.tiling import Tiling, tiled_apply
+from ldmcli.tasks.geometry import plan_tiling
+from tiny import TINY_OPENCLIP
 
 VQ_F4 = C.AutoencoderConfig(kind="vq", embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 1, 2), resolution=32,
                             double_z=False, n_embed=64)
@@ -43,15 +46,12 @@ FAST = SamplerSettings(steps=3)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_ckpt):
+    def augmentation_buffers(sd):   # real x4 files carry the augmentation schedule's buffers; the loader ignores them
+        sd["low_scale_model.alphas_cumprod"] = torch.rand(1000)
     out = {}
     for i, cfg in enumerate((BSR, X4)):
-        sd = compvis_state_dict(tiny_model(cfg, seed=20 + i))
-        if cfg is X4:   # real x4 files carry the augmentation schedule's buffers; the loader ignores them
-            sd["low_scale_model.alphas_cumprod"] = torch.rand(1000)
-        path = tmp_path_factory.mktemp("ckpt") / f"{cfg.name}.safetensors"
-        save_safetensors(sd, path, config_metadata(cfg))
-        model, info = load_model(path)
+        model, info = load_model(tiny_ckpt(cfg, seed=20 + i, edit=augmentation_buffers if cfg is X4 else None))
         assert info.family == cfg.name and not info.unexpected
         out[cfg.name] = model
     return out["tiny-ldm-bsr-sr"], out["tiny-sd-x4-upscaler"]
@@ -158,11 +158,11 @@ def test_one_tile_equals_untiled(models):
         cond, uncond = x4_condition(x4, lr, "a", "", 20, [5])
         x, t = torch.randn(1, 4, 6, 8), torch.tensor([500.0])
         plain = x4.apply_model(x, t, **cond)
-        one = tiled_apply(x4, x, t, cond["c_concat"], cond["c_crossattn"], cond["y"], Tiling(8, 2))
+        one = tiled_apply(x4.apply_model, x, t, cond["c_concat"], cond["c_crossattn"], cond["y"], Tiling(8, 2))
     assert torch.equal(plain, one)
     settings = SamplerSettings(steps=3, guidance_scale=5.0)
     z_plain = sample_latents(x4, cond, uncond, (4, 6, 8), [5], settings)
-    z_tiled = sample_latents(TiledModel(x4, Tiling(8, 2)), cond, uncond, (4, 6, 8), [5], settings)
+    z_tiled = sample_latents(x4, cond, uncond, (4, 6, 8), [5], settings, tiling=Tiling(8, 2))
     assert torch.equal(z_plain, z_tiled)
 
 
@@ -195,7 +195,7 @@ def test_two_tiles_blend_without_seam(models):
     with torch.inference_mode():
         plain = bsr.apply_model(x, t, [lr])
         model = Disagreeing(bsr, 1.0)
-        out = tiled_apply(model, x, t, [lr], None, None, tiling)
+        out = tiled_apply(model.apply_model, x, t, [lr], None, None, tiling)
     assert model.calls == 2
     own = _row_jumps(plain[0].permute(1, 2, 0).numpy()).max()
     jumps = _row_jumps(out[0].permute(1, 2, 0).numpy())
@@ -219,8 +219,8 @@ def test_run_job(models, tmp_path):
     _, x4 = models
     _image(6, 4).save(tmp_path / "lr.png")
     job = Job(prompt="a", image=str(tmp_path / "lr.png"), extra={"scale": 4, "noise_level": 30, "tile_size": 8})
-    assert run_job(x4, job, [0, 1], FAST, None)[1].size == (24, 16)
+    assert run_job("superres", x4, job, [0, 1], FAST, None)[1].size == (24, 16)
     with pytest.raises(UsageError, match="'noise_level' should be int"):
-        run_job(x4, replace(job, extra={"noise_level": "high"}), [0], FAST, None)
+        run_job("superres", x4, replace(job, extra={"noise_level": "high"}), [0], FAST, None)
     with pytest.raises(UsageError, match="needs an image"):
-        run_job(x4, Job(prompt="a"), [0], FAST, None)
+        run_job("superres", x4, Job(prompt="a"), [0], FAST, None)

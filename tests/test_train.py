@@ -235,7 +235,7 @@ def test_resume_continues_exactly(full_run, tmp_path, stage):
 def test_exports_load_and_sample_with_every_task(full_run):
     from ldmcli.loading.checkpoint import load_model, read_checkpoint
     from ldmcli.io.layout import LayoutBox
-    from ldmcli.sampling.pipeline import SamplerSettings
+    from ldmcli.sampling.settings import SamplerSettings
     from ldmcli.tasks.inpaint import inpaint
     from ldmcli.tasks.layout2img import layout2img
     from ldmcli.tasks.semantic2img import semantic2img

@@ -13,6 +13,7 @@ from ldmcli.models.config import UNetConfig
 from ldmcli.models.attention import AttentionBlock, SpatialTransformer, attention
 from ldmcli.models.unet import UNetModel, attention_heads
 from ldmcli.models.unet_blocks import ResBlock, timestep_embedding
+from ldmcli.loading.skeleton import meta_skeleton
 
 PREFIX = "model.diffusion_model."
 
@@ -251,7 +252,7 @@ FAMILIES = {  # name: (config, "UNet params" of MODELS.md §4)
 
 
 def meta_model(name: str) -> UNetModel:
-    with torch.device("meta"):
+    with meta_skeleton():
         return UNetModel(FAMILIES[name][0])
 
 

@@ -5,16 +5,15 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input/usage, 3 some jobs of a batch f
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from ldmcli.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from ldmcli.cli.guard import OneLineErrors
+from ldmcli.sampling.table import SAMPLER_NAMES, SAMPLERS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Latent Diffusion from the command line: txt2img, inpaint, superres, layout2img, "
                        "semantic2img.\n\nExit codes: 0 ok, 1 runtime failure, 2 bad input, 3 partial batch "
                        "failure, 130 interrupted.")
@@ -29,7 +28,16 @@ Ckpt = Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint path (.c
 Config = Annotated[Optional[str], typer.Option("--config", help="Preset name or original YAML config "
                                                "(overrides auto-detection).")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (default: the family's).")]
-Sampler = Annotated[str, typer.Option("--sampler", help="ddim, plms, ddpm, dpmpp_2m, euler, euler_a.")]
+def _sampler_name(value: str) -> str:
+    """--sampler is a closed set, checked while the command line is parsed (before anything loads)."""
+    if value not in SAMPLERS:
+        raise typer.BadParameter(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    return value
+
+
+Sampler = Annotated[str, typer.Option("--sampler", parser=_sampler_name, metavar="[" + "|".join(SAMPLER_NAMES) + "]",
+                                      help="Sampler (A1111 names: " + ", ".join(
+                                          f"{n} = {s.label}" for n, s in SAMPLERS.items()) + ").")]
 Scale = Annotated[Optional[float], typer.Option("--scale", help="Classifier-free guidance scale.")]
 Eta = Annotated[Optional[float], typer.Option("--eta", help="DDIM eta (0 = deterministic).")]
 Karras = Annotated[bool, typer.Option("--karras", help="Karras sigmas (dpmpp_2m, euler, euler_a).")]
@@ -66,7 +74,7 @@ def _common(**kw) -> dict:
 
 def _run(task: str, positional: dict, opts: dict) -> None:
     from ldmcli.cli.runner import run_task
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.guard import guarded
     code = guarded(lambda: run_task(task, positional, opts), debug=_STATE["debug"])
     raise typer.Exit(code)
 
@@ -184,8 +192,8 @@ def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentat
 
 
 def _labels(task: str, opts: dict) -> None:
-    from ldmcli.cli.runner import print_labels
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.commands import print_labels
+    from ldmcli.cli.guard import guarded
     raise typer.Exit(guarded(lambda: print_labels(task, opts), debug=_STATE["debug"]))
 
 
@@ -193,8 +201,8 @@ def _labels(task: str, opts: dict) -> None:
 def info(image: Annotated[str, typer.Argument(help="A PNG written by ldm (or by AUTOMATIC1111).")],
          json: Json = False):
     """Print the generation record stored in a PNG."""
-    from ldmcli.cli.runner import show_info
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.commands import show_info
+    from ldmcli.cli.guard import guarded
     raise typer.Exit(guarded(lambda: show_info(image, json), debug=_STATE["debug"]))
 
 
@@ -203,8 +211,8 @@ def replay(image: Annotated[str, typer.Argument(help="A PNG written by ldm.")],
            ckpt: Ckpt = None, device: Device = "auto", dtype: Dtype = "auto", out: Out = "outputs",
            quiet: Quiet = False, json: Json = False):
     """Regenerate an image from the record in its metadata (same model, seed, settings)."""
-    from ldmcli.cli.runner import replay_opts
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.commands import replay_opts
+    from ldmcli.cli.guard import guarded
     given = dict(locals())          # before the lambda: inside it, locals() would be the lambda's own (empty)
     holder = {}
     code = guarded(lambda: holder.update(replay_opts(image, given)), debug=_STATE["debug"])
@@ -235,13 +243,13 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
           check: Annotated[bool, typer.Option("--check", help="Exit 1 when any target is missed.")] = False,
           quiet: Quiet = False):
     """Score the default models on the shapes world's held-out eval split against its exact ground truth."""
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.guard import guarded
 
     def work() -> int:
         import json as json_lib
         import time
         from contextlib import ExitStack
-        from ldmcli.eval import evaluate as E
+        import ldmcli.eval as E
         from ldmcli.cli.console import Console
         tasks = E.parse_tasks(task or ["all"])
         overrides = E.parse_overrides(ckpt or [], tasks)
@@ -271,8 +279,8 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
 @weights_app.command("list")
 def weights_list(json: Json = False):
     """Show the embedded defaults and known public checkpoints, and which are present."""
-    from ldmcli.cli.runner import weights_list as run
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.commands import weights_list as run
+    from ldmcli.cli.guard import guarded
     raise typer.Exit(guarded(lambda: run(json), debug=_STATE["debug"]))
 
 
@@ -280,8 +288,8 @@ def weights_list(json: Json = False):
 def weights_verify(name: Annotated[Optional[str], typer.Argument(help="One registry name (default: all present).")]
                    = None):
     """Check the SHA-256 of present checkpoints against the registry."""
-    from ldmcli.cli.runner import weights_verify as run
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.commands import weights_verify as run
+    from ldmcli.cli.guard import guarded
     raise typer.Exit(guarded(lambda: run(name), debug=_STATE["debug"]))
 
 
@@ -293,42 +301,6 @@ def _add_train() -> None:
 _add_train()
 
 
-def _usage_line(e) -> str:
-    """A Click usage error as one line: the message, then where help is (Click prints four lines)."""
-    message = " ".join(e.format_message().split())
-    ctx = getattr(e, "ctx", None)
-    where = f"{ctx.command_path} --help" if ctx is not None else "ldm --help"
-    return f"ldm: error: {message} (see '{where}')"
-
-
-def _click_errors(name: str) -> tuple:
-    """The Click exception class `name` as raised here: Typer ≥ 0.20 runs a vendored Click (typer._click), older
-    Typer the click package; both where both exist."""
-    found = []
-    for module in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            found.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
-
-
 def main() -> None:
-    """The `ldm` entry point: Click runs without its own error printing, so every error is one stderr line."""
-    try:
-        code = app(standalone_mode=False)
-    except _click_errors("NoArgsIsHelpError") as e:   # plain `ldm`: the help, as Click would show it
-        sys.stdout.write(e.ctx.get_help() + "\n")
-        code = 0
-    except _click_errors("UsageError") as e:
-        sys.stderr.write(_usage_line(e) + "\n")
-        code = EXIT_USAGE
-    except _click_errors("Abort"):                   # Ctrl-C or EOF at a Click prompt
-        sys.stderr.write("ldm: interrupted\n")
-        code = EXIT_INTERRUPTED
-    except _click_errors("ClickException") as e:     # e.g. a file option that cannot be opened
-        sys.stderr.write(f"ldm: error: {' '.join(e.format_message().split())}\n")
-        code = e.exit_code
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
-    sys.exit(code if isinstance(code, int) else 0)
+    """The `ldm` entry point."""
+    app()

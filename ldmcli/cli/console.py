@@ -10,12 +10,10 @@ import sys
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional, TextIO, TypeVar
 
+from ldmcli.errors import one_line
+
 T = TypeVar("T")
 Advance = Callable[..., None]  # advance(n=1): n more steps done
-
-
-def _one_line(msg) -> str:
-    return " ".join(str(msg).split())
 
 
 def _isatty(stream) -> bool:
@@ -61,11 +59,11 @@ class Console:
             self._print(str(msg))
 
     def warn(self, msg) -> None:
-        self._print(f"ldm: warning: {_one_line(msg)}")
+        self._print(f"ldm: warning: {one_line(msg)}")
 
     def error(self, msg) -> None:
         """`ldm: error: <msg>` on one line, whatever newlines the message holds."""
-        self._print(f"ldm: error: {_one_line(msg)}")
+        self._print(f"ldm: error: {one_line(msg)}")
 
     @contextmanager
     def progress(self, total: int, desc: str = "") -> Iterator[Advance]:

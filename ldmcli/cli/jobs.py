@@ -13,7 +13,6 @@ Every problem is one InputError line, `FILE:LINE: what is wrong`.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import sys
@@ -21,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from ldmcli.errors import InputError, UsageError
-from ldmcli.io.images import one_line
+from ldmcli.errors import InputError, UsageError, close_matches, one_line
 from ldmcli.io.paths import expand_user
+from ldmcli.tasks import TASKS
 
 MAX_JOB_FILE_BYTES = 256 * 2**20  # `yes | ldm ... --jobs -` must end in an error, not fill memory
 SEED_LIMIT = 2**64                # torch.manual_seed accepts [0, 2**64)
@@ -104,8 +103,9 @@ def _seed(value):
 _CHECKS = {"prompt": _text, "negative_prompt": _text, "seed": _seed, "steps": _count, "scale": _number,
            "sampler": _text, "image": _path, "mask": _path, "layout": _path, "segmap": _path, "name": _text,
            "n_samples": _count, "height": _count, "width": _count, "extra": _object}
-PATH_FIELDS = ("image", "mask", "layout", "segmap")
-EXTRA_PATHS = ("palette",)  # `extra` options that name a file
+_FILES = {f for t in TASKS.values() for f in t.files}            # the task table's file inputs:
+PATH_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f in _FILES)   # Job fields,
+EXTRA_PATHS = tuple(sorted(_FILES - set(PATH_FIELDS)))                    # and options of a job's `extra`
 
 
 def _json_type(value) -> str:
@@ -151,7 +151,7 @@ def _lines(name: str, data: bytes) -> list[tuple[int, str]]:
 
 
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, _CHECKS, n=1)
+    close = close_matches(key, _CHECKS, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(_CHECKS)})"
 
 

@@ -18,9 +18,9 @@ def model_hash(path: str) -> str:
         return ""
 
 
-def job_record(task, model, job, settings, seed, size, index) -> dict:
-    """Everything needed to regenerate the image with `ldm replay`."""
-    ckpt = getattr(model, "checkpoint_path", "")
+def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
+    """Everything needed to regenerate the image with `ldm replay`; `loaded` is the model's LoadRecord."""
+    ckpt = loaded.path
     record = {
         "task": task, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "steps": settings.steps, "sampler": settings.sampler,
@@ -28,7 +28,7 @@ def job_record(task, model, job, settings, seed, size, index) -> dict:
         "noise_device": settings.noise_device, "seed": seed, "width": size[0], "height": size[1],
         "model": model.cfg.name, "model_hash": model_hash(ckpt) if ckpt else "",
         "ckpt": Path(ckpt).name if ckpt else "", "ckpt_path": str(Path(ckpt).resolve()) if ckpt else "",
-        "ema": getattr(getattr(model, "load_info", None), "ema", True),
+        "ema": loaded.ema,
         "prediction": model.cfg.parameterization, "job": index,
         "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
         "extra": job.extra, "ldmcli_version": _version(),

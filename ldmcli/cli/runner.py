@@ -12,36 +12,9 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Optional
 
 from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, LdmError, UsageError
-
-# task name -> (runner(model, job, seeds, settings, callback) -> [PIL], Job fields a job must set)
-TASKS: Dict[str, tuple] = {}
-
-
-def register(name: str, required: tuple = ()):
-    def deco(fn: Callable):
-        TASKS[name] = (fn, required)
-        return fn
-    return deco
-
-
-@register("txt2img", required=("prompt",))
-def _txt2img(model, job, seeds, settings, callback):
-    from ldmcli.tasks.txt2img import txt2img
-    return txt2img(model, job.prompt, negative_prompt=job.negative_prompt, seeds=seeds, height=job.height,
-                   width=job.width, settings=settings, callback=callback)
-
-
-def _load_task_modules() -> None:
-    """Tasks of later subcommands register themselves on import (ldmcli.tasks.registry)."""
-    try:
-        import ldmcli.tasks.registry  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "ldmcli.tasks.registry":
-            raise
-
+from ldmcli.tasks import task as task_row
 
 # ----------------------------------------------------------------------------------------------------
 def build_jobs(task: str, positional: dict, opts: dict):
@@ -66,14 +39,14 @@ def build_jobs(task: str, positional: dict, opts: dict):
 def _check_required(task: str, job) -> None:
     """Required fields must be set; a blank prompt counts as unset (txt2img refuses it rather than silently
     sampling unconditionally, e.g. for an unset shell variable)."""
-    for f in TASKS[task][1]:
+    for f in task_row(task).required:
         value = getattr(job, f)
         if value is None or (isinstance(value, str) and not value.strip()):
             raise UsageError(f"{task} needs a {f} (as an argument, or a '{f}' field in each --from-file job)")
 
 
 def _settings(opts: dict, job):
-    from ldmcli.sampling.pipeline import SamplerSettings
+    from ldmcli.sampling.settings import SamplerSettings
     return SamplerSettings(sampler=job.sampler or opts.get("sampler") or "ddim", steps=job.steps,
                            guidance_scale=job.scale, eta=opts.get("eta"), karras=bool(opts.get("karras")),
                            noise_device=opts.get("noise_device"))
@@ -99,7 +72,6 @@ def _target(out: str, n_images: int):
 def run_task(task: str, positional: dict, opts: dict) -> int:
     from ldmcli.cli.console import Console
     from ldmcli.cli.jobs import fingerprint, seed_for, shard
-    _load_task_modules()
     console = Console(quiet=bool(opts.get("quiet")))
     jobs = build_jobs(task, positional, opts)
     for job in jobs if not opts.get("from_file") else []:
@@ -128,11 +100,11 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
             failures.append(e)
     if not ready:
         return _exit_code(failures, len(todo))
-    model = _load_model(task, opts, console, rank)
+    model, loaded = load_model(task, opts, console, rank)
     with console.progress(len(ready), f"{task}") as advance_jobs, _library_warnings(console):
         for i, job in ready:
             try:
-                _run_job(task, model, i, job, opts, mode, target, console)
+                _run_job(task, model, loaded, i, job, opts, mode, target, console)
             except LdmError as e:
                 console.error(f"job {i + 1}: {e}")
                 failures.append(e)
@@ -144,10 +116,12 @@ def _precheck(task: str, job) -> None:
     """What can be checked before the model is loaded: required fields, and that input files exist (pipes and
     devices count; reading and decoding them is the task's)."""
     from ldmcli.io.images import check_input_path
-    from ldmcli.cli.jobs import EXTRA_PATHS, PATH_FIELDS
+    from ldmcli.sampling.table import sampler_spec
     _check_required(task, job)
-    paths = [(f, getattr(job, f)) for f in PATH_FIELDS] + [(k, job.extra.get(k)) for k in EXTRA_PATHS]
-    for what, value in paths:
+    if job.sampler is not None:
+        sampler_spec(job.sampler)
+    for what in task_row(task).files:
+        value = getattr(job, what, None) or job.extra.get(what)
         if isinstance(value, str) and value:
             check_input_path(Path(value), what, "a file")
 
@@ -173,18 +147,12 @@ def _exit_code(failures: list, n: int) -> int:
     return EXIT_USAGE if all(getattr(e, "exit_code", 1) == EXIT_USAGE for e in failures) else EXIT_RUNTIME
 
 
-def _load_model(task, opts, console, rank):
-    from ldmcli.loading.load import load
+def load_model(task, opts, console, rank):
+    from ldmcli.loading import load
     t0 = time.perf_counter()
-    device = opts.get("device") or "auto"
-    local = os.environ.get("LOCAL_RANK")
-    if device == "auto" and local is not None:
-        import torch
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    model, info = load(opts.get("ckpt"), task=task, config=opts.get("config"), device=device,
+    model, info = load(opts.get("ckpt"), task=task, config=opts.get("config"), device=opts.get("device") or "auto",
                        dtype=opts.get("dtype") or "auto", use_ema=not opts.get("no_ema"),
                        prediction=opts.get("prediction"), vocab=opts.get("vocab"))
-    model.load_info = info
     if opts.get("compile"):
         from ldmcli.loading.compiling import compile_unet
         where = compile_unet(model)
@@ -193,7 +161,7 @@ def _load_model(task, opts, console, rank):
                 f"({'EMA' if info.ema else 'plain'} weights, {model.device}, {str(model.dtype)[6:]})")
     if info.unexpected:
         console.warn(f"{len(info.unexpected)} unexpected tensors ignored (e.g. {info.unexpected[0]})")
-    return model
+    return model, info
 
 
 def _path(mode, target, index, job, k, seed) -> Path:
@@ -217,11 +185,11 @@ def _emit(opts, record: dict) -> None:
     sys.stdout.flush()
 
 
-def _run_job(task, model, index, job, opts, mode, target, console) -> None:
+def _run_job(task, model, loaded, index, job, opts, mode, target, console) -> None:
+    from ldmcli.cli.inputs import run_job
     from ldmcli.cli.jobs import seed_for
     from ldmcli.io.png import write_png_atomic, write_png_stdout
     from ldmcli.cli.record import job_record
-    runner = TASKS[task][0]
     seed = seed_for(job, index, opts["seed"])
     settings = _settings(opts, job).resolved(model.cfg)
     batch = max(1, int(opts.get("batch_size") or 1))
@@ -230,10 +198,10 @@ def _run_job(task, model, index, job, opts, mode, target, console) -> None:
         seeds = [seed + k for k in ks]
         t0 = time.perf_counter()
         with console.progress(settings.steps, f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}") as adv:
-            images = runner(model, job, seeds, settings, lambda *a: adv())
+            images = run_job(task, model, job, seeds, settings, lambda *a: adv())
         dt = (time.perf_counter() - t0) / len(ks)
         for k, img in zip(ks, images):
-            record = job_record(task, model, job, settings, seed + k, img.size, index)
+            record = job_record(task, model, loaded, job, settings, seed + k, img.size, index)
             if mode == "stdout":
                 write_png_stdout(img, record)
                 continue
@@ -241,81 +209,3 @@ def _run_job(task, model, index, job, opts, mode, target, console) -> None:
             _emit(opts, {"path": str(path), "seed": seed + k, "job": index, "seconds": round(dt, 3)})
 
 
-def weights_list(as_json: bool) -> int:
-    from ldmcli.loading.registry import list_entries
-    rows = list_entries()
-    for r in rows:
-        if as_json:
-            sys.stdout.write(json.dumps(r) + "\n")
-        else:
-            mark = "present" if r["present"] else "absent"
-            sys.stdout.write(f"{r['name']:<34} {r.get('family', ''):<28} {r.get('task', ''):<12} {mark}\n")
-    return 0
-
-
-def weights_verify(name: Optional[str]) -> int:
-    """SHA-256 of each present registry file against its recorded hash; exit 2 on any mismatch."""
-    from ldmcli.loading.registry import WEIGHTS_DIR, list_entries, sha256_file
-    rows = [r for r in list_entries() if r["present"] and (name is None or r["name"] == name)]
-    if name and not rows:
-        raise UsageError(f"{name} is not a present registry entry (see ldm weights list)")
-    bad = 0
-    for r in rows:
-        digest = sha256_file(WEIGHTS_DIR / r["file"])
-        want = r.get("sha256")
-        status = "no hash recorded" if not want else ("ok" if digest == want else "MISMATCH")
-        bad += status == "MISMATCH"
-        sys.stdout.write(f"{r['name']}\t{status}\t{digest}\n")
-    return EXIT_USAGE if bad else 0
-
-
-def print_labels(task: str, opts: dict) -> int:
-    """`--list-labels`: the label names of the model's condition, one per line (index<TAB>name)."""
-    _load_task_modules()
-    model = _load_model(task, dict(opts, quiet=True), _quiet_console(), 0)
-    module = {"layout2img": "ldmcli.tasks.layout2img", "semantic2img": "ldmcli.tasks.semantic2img"}[task]
-    import importlib
-    for i, label in enumerate(importlib.import_module(module).list_labels(model)):
-        sys.stdout.write(f"{i}\t{label}\n")
-    return 0
-
-
-def _quiet_console():
-    from ldmcli.cli.console import Console
-    return Console(quiet=True)
-
-
-def show_info(image: str, as_json: bool) -> int:
-    from ldmcli.io.png import read_metadata
-    meta = read_metadata(image)
-    if as_json:
-        sys.stdout.write(json.dumps(meta) + "\n")
-        return 0
-    record = meta.get("ldmcli") or meta.get("parameters", {})
-    for k, v in record.items():
-        if v not in (None, "", {}):
-            sys.stdout.write(f"{k}: {v}\n")
-    return 0
-
-
-_SIZED_TASKS = ("txt2img", "layout2img")  # the subcommands with --height/--width
-
-
-def replay_opts(image: str, given: dict) -> dict:
-    """The task, positional fields and options that regenerate `image` from its ldmcli record."""
-    from ldmcli.io.png import read_metadata
-    rec = read_metadata(image).get("ldmcli")
-    if not rec:
-        raise UsageError(f"{image} has no ldmcli record (only ldm-written PNGs can be replayed)")
-    task = rec["task"]
-    positional = {k: rec.get(k) for k in ("prompt", "negative_prompt", "image", "mask", "layout", "segmap")}
-    if task in _SIZED_TASKS:  # the others take their size from their input file
-        positional.update({"height": rec.get("height"), "width": rec.get("width")})
-    positional.update(rec.get("extra") or {})
-    opts = {"ckpt": given.get("ckpt") or rec.get("ckpt_path"), "config": None, "steps": rec["steps"],
-            "sampler": rec["sampler"], "scale": rec["scale"], "eta": rec["eta"], "karras": rec.get("karras"),
-            "seed": rec["seed"], "n_samples": 1, "batch_size": 1, "device": given.get("device"),
-            "dtype": given.get("dtype"), "out": given.get("out"), "quiet": given.get("quiet"),
-            "json": given.get("json"), "overwrite": True, "noise_device": rec.get("noise_device"),
-            "from_file": None, "no_ema": not rec.get("ema", True), "prediction": rec.get("prediction")}
-    return {"task": task, "positional": positional, "opts": opts}

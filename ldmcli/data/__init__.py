@@ -8,12 +8,11 @@ defaults) uses those names instead.
 """
 from __future__ import annotations
 
-import difflib
 from functools import lru_cache
 from importlib import resources
 from typing import Sequence, Tuple, Union
 
-from ldmcli.errors import UsageError
+from ldmcli.errors import UsageError, close_matches
 
 OPENIMAGES = "openimages_labels.txt"
 COCOSTUFF = "cocostuff_labels.txt"
@@ -51,7 +50,7 @@ def label_id(label: Union[str, int], names: Sequence[str], count: int, what: str
     key = normalise_name(text)
     if key in keys:
         return keys.index(key)
-    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    near = close_matches(key, keys)
     hint = (f"; did you mean {', '.join(repr(names[keys.index(k)]) for k in near)}?" if near
             else "; see --list-labels")
     raise UsageError(f"{what}: unknown label {text!r}{hint}")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from ldmcli.errors import InputError, UsageError
+from ldmcli.errors import InputError, UsageError, one_line
 
 if TYPE_CHECKING:
     import torch
@@ -38,11 +38,6 @@ _INDEX_MODES = ("L", "P", "1") + _GREY16
 # logging's last resort would print them beside our one `ldm: error:` line. A NullHandler keeps them for
 # applications that configure logging and out of a bare CLI's stderr.
 logging.getLogger("PIL").addHandler(logging.NullHandler())
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message folded onto one line (Pillow's and json's messages may hold newlines)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def check_input_path(path: Path, what: str, kind: str = "an image file") -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 from ldmcli.errors import InputError, UsageError
+from ldmcli.io.paths import read_text_file
 
 MAX_LAYOUT_BYTES = 2**20   # a layout is a few kilobytes; refuse to parse something that is obviously not one
 Box = Tuple[float, float, float, float]
@@ -94,19 +95,9 @@ def boxes_from_option(values: Optional[Sequence]) -> List[LayoutBox]:
 def read_layout(path: Union[str, Path]) -> List[LayoutBox]:
     """The boxes of a layout JSON file (a list of box objects); every problem is one InputError line."""
     path = Path(path)
+    text = read_text_file(path, "layout", MAX_LAYOUT_BYTES)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_LAYOUT_BYTES + 1)
-    except IsADirectoryError:
-        raise InputError(f"layout {path}: is a directory, not a JSON file") from None
-    except OSError as e:
-        raise InputError(f"layout {path}: {e.strerror or 'cannot be read'}") from None
-    if len(data) > MAX_LAYOUT_BYTES:
-        raise InputError(f"layout {path}: larger than {MAX_LAYOUT_BYTES >> 20} MiB; not a layout file")
-    try:
-        obj = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise InputError(f"layout {path}: not UTF-8 text (expected a JSON list of boxes)") from None
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"layout {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except (ValueError, RecursionError):

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import io
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -18,18 +17,16 @@ from typing import BinaryIO, Optional, Union
 
 from PIL import Image, PngImagePlugin
 
-from ldmcli.errors import InputError, LdmError, UsageError
-from ldmcli.io.images import one_line, read_image
+from ldmcli.errors import InputError, LdmError, UsageError, one_line
+from ldmcli.io.atomic import atomic_write
+from ldmcli.io.images import read_image
+from ldmcli.sampling.table import SAMPLERS
 
 PathLike = Union[str, Path]
 
 # A1111's labels in A1111's order, with the job-record keys they are read from ("size" is width x height).
 _A1111_FIELDS = (("Steps", "steps"), ("Sampler", "sampler"), ("CFG scale", "scale"), ("Seed", "seed"),
                  ("Size", "size"), ("Model hash", "model_hash"), ("Model", "model"))
-# Sampler names as A1111 spells them; a name not listed here is written as it is.
-_A1111_SAMPLERS = {"ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "euler": "Euler", "euler_a": "Euler a",
-                   "euler_ancestral": "Euler a", "heun": "Heun", "lms": "LMS", "dpm2": "DPM2",
-                   "dpmpp_2m": "DPM++ 2M", "dpm++2m": "DPM++ 2M"}
 # One `Label: value` pair of the settings line; a value is a JSON string or runs to the next comma (as A1111).
 _A1111_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _UNSAFE_NAME = re.compile(r"[^\w.\-]+")  # keeps letters and digits (any script), '_', '.', '-'
@@ -48,7 +45,8 @@ def a1111_parameters(record: dict) -> str:
     if record.get("width") and record.get("height"):
         values["size"] = f"{record['width']}x{record['height']}"
     if values.get("sampler") is not None:
-        values["sampler"] = _A1111_SAMPLERS.get(str(values["sampler"]).lower(), values["sampler"])
+        spec = SAMPLERS.get(str(values["sampler"]))    # A1111's spelling; another name is written as it is
+        values["sampler"] = spec.label if spec else values["sampler"]
     settings = ", ".join(f"{label}: {_a1111_quote(values[key])}"
                          for label, key in _A1111_FIELDS if values.get(key) not in (None, ""))
     lines = [str(record.get("prompt") or "")]
@@ -100,40 +98,16 @@ def _write_error(path: Path, err: BaseException) -> str:
 
 
 def write_png_atomic(img: Image.Image, path: PathLike, metadata: Optional[dict] = None) -> Path:
-    """Write `img` as a PNG at `path`, all or nothing, creating missing parent directories.
+    """Write `img` as a PNG at `path`, all or nothing (`atomic.atomic_write`), creating missing parent folders.
 
-    The PNG goes to `.<name>.tmp-<pid>` beside `path`, is fsynced, then renamed over `path` (os.replace is atomic
-    on POSIX and Windows), so a reader never sees half a file and an existing file survives any failure. On any
-    error the temp file is removed; errors become one-line LdmErrors ("no space left on device writing X"), while
-    KeyboardInterrupt (and other BaseExceptions) are re-raised as they are so the CLI still exits 130.
+    Errors become one-line LdmErrors ("no space left on device writing X"), while KeyboardInterrupt (and other
+    BaseExceptions) are re-raised as they are so the CLI still exits 130.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            img.save(f, format="PNG", pnginfo=_png_info(metadata))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, Exception):
-            raise LdmError(_write_error(path, e)) from e
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; best effort, since not every platform lets a directory be fsynced."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        return atomic_write(path, lambda f: img.save(f, format="PNG", pnginfo=_png_info(metadata)))
+    except Exception as e:
+        raise LdmError(_write_error(path, e)) from e
 
 
 def write_png_stdout(img: Image.Image, metadata: Optional[dict] = None, stream: Optional[BinaryIO] = None) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ldmcli.data import label_id
+from ldmcli.io.paths import read_text_file
 from ldmcli.errors import InputError
 
 MAX_PALETTE_BYTES = 2**20
@@ -107,21 +108,8 @@ def parse_palette(text: str, names: Sequence[str], count: int, where: str = "pal
 def read_palette(path: Union[str, Path], names: Sequence[str], count: int, no_names: str = "") -> Dict[Colour, int]:
     """A palette file (any format of the module docstring) as {(r, g, b): class id}."""
     path = Path(path)
-    where = f"palette {path}"
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PALETTE_BYTES + 1)
-    except IsADirectoryError:
-        raise InputError(f"{where}: is a directory, not a palette file") from None
-    except OSError as e:
-        raise InputError(f"{where}: {e.strerror or 'cannot be read'}") from None
-    if len(data) > MAX_PALETTE_BYTES:
-        raise InputError(f"{where}: larger than {MAX_PALETTE_BYTES >> 20} MiB; not a palette file")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{where}: not UTF-8 text") from None
-    return parse_palette(text, names, count, where, no_names)
+    text = read_text_file(path, "palette", MAX_PALETTE_BYTES)
+    return parse_palette(text, names, count, f"palette {path}", no_names)
 
 
 # ---- maps ------------------------------------------------------------------------------------------------------
@@ -143,12 +131,13 @@ def check_class_ids(seg: np.ndarray, count: int, where: str = "segmentation map"
 
 def one_hot(seg: Union[np.ndarray, torch.Tensor], count: int, dtype: torch.dtype = torch.float32,
             device: Optional[torch.device] = None) -> torch.Tensor:
-    """Class ids [H, W] → one-hot [1, count, H, W] in {0, 1} (`np.eye(count)[seg]`, channels first).
+    """Class ids [H, W] → one-hot [1, count, H, W] in {0, 1} (`np.eye(count)[seg]`, channels first); a batch of
+    maps [B, H, W] → [B, count, H, W].
 
     Built by scatter into zeros of `dtype`: F.one_hot would first make an int64 [H, W, count] copy, 8× larger."""
-    ids = torch.as_tensor(np.asarray(seg) if isinstance(seg, np.ndarray) else seg, dtype=torch.long)
-    ids = ids.to(device)[None, None]                                     # [1, 1, H, W]
-    out = torch.zeros(1, count, *ids.shape[-2:], dtype=dtype, device=ids.device)
+    ids = torch.as_tensor(np.asarray(seg) if isinstance(seg, np.ndarray) else seg, dtype=torch.long).to(device)
+    ids = ids.reshape(-1, 1, *ids.shape[-2:])                            # [B, 1, H, W]
+    out = torch.zeros(ids.shape[0], count, *ids.shape[-2:], dtype=dtype, device=ids.device)
     return out.scatter_(1, ids, 1.0)
 
 

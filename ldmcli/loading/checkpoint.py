@@ -33,16 +33,19 @@ _OPTIONAL = re.compile(r"(text_projection|logit_scale|to_logits\.(weight|bias))$
 _STUB_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.")
 
 
-@dataclass
-class LoadInfo:
-    """What the loader saw and decided, for `ldm weights`/verbose output."""
-    path: str
-    family: str
-    ema: bool
-    ignored: int = 0
-    unexpected: List[str] = field(default_factory=list)
-    zero_filled: List[str] = field(default_factory=list)
-    metadata: Dict[str, str] = field(default_factory=dict)
+@dataclass(frozen=True)
+class LoadRecord:
+    """What the loader read and decided: the one account of a load, for the CLI's log, the image record and
+    `ldm weights`. The model itself carries no such attributes."""
+    path: str                           # the file read (after registry names and defaults were resolved)
+    family: str                         # the config's name: a preset, the header's config, or a YAML's stem
+    ema: bool                           # the UNet's EMA weights were swapped in
+    device: str = "cpu"
+    dtype: str = "float32"
+    ignored: int = 0                    # stray keys real files carry that inference never reads
+    unexpected: Tuple[str, ...] = ()    # keys neither used nor known to be ignorable
+    zero_filled: Tuple[str, ...] = ()   # optional parameters the file lacked, materialised as zeros
+    metadata: Dict[str, str] = field(default_factory=dict, compare=False)  # the safetensors header's strings
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def load_model(path, *, config=None, use_ema: bool = True, prediction: Optional[
     """Build the model on the meta device (no random init) and assign the checkpoint's tensors strictly.
 
     config: None (auto-detect), a preset name, a ModelConfig, or a path to an original YAML config.
-    Returns (LatentDiffusion, LoadInfo).
+    Returns (LatentDiffusion, LoadRecord).
     """
     from ldmcli.loading.detect import resolve_config
     from ldmcli.models.ldm import LatentDiffusion
@@ -202,48 +205,52 @@ def load_model(path, *, config=None, use_ema: bool = True, prediction: Optional[
         cfg = cfg.with_(scale_factor=float(sd["scale_factor"]))  # lsun_churches stores a learned value
     with meta_skeleton():
         model = LatentDiffusion(cfg)
-    info = LoadInfo(path=str(path), family=cfg.name, ema=ema_used, metadata=meta)
-    _assign_components(model, sd, info)
+    ignored, unexpected, zero_filled = _assign_components(model, sd)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return model, info
+    record = LoadRecord(path=str(path), family=cfg.name, ema=ema_used, device=str(model.device),
+                        dtype=str(model.dtype).replace("torch.", ""), ignored=ignored, unexpected=unexpected,
+                        zero_filled=zero_filled, metadata=meta)
+    return model, record
 
 
-def _assign_components(model, sd: StateDict, info: LoadInfo) -> None:
+def _assign_components(model, sd: StateDict) -> Tuple[int, Tuple[str, ...], Tuple[str, ...]]:
+    """Assign each component's tensors; returns (ignored count, unexpected keys, zero-filled keys)."""
     parts = [("model.diffusion_model.", model.model.diffusion_model),
              ("first_stage_model.", model.first_stage_model)]
     if model.cond_stage_model is not None:
         parts.append(("cond_stage_model.", model.cond_stage_model))
-    used = set()
+    used, unexpected, zero_filled = set(), [], []
     for prefix, module in parts:
         sub = split_prefix(sd, prefix)
         used.update(prefix + k for k in sub)
-        _assign(module, sub, prefix, info)
+        _assign(module, sub, prefix, model.cfg.name, unexpected, zero_filled)
     rest = [k for k in sd if k not in used and "." in k]
     if model.cfg.cond_stage == "first_stage":   # inpainting_big stores the autoencoder twice (§7.7)
         rest = [k for k in rest if not k.startswith("cond_stage_model.")]
-    info.ignored = sum(1 for k in rest if _IGNORED.search(k)) + sum(1 for k in sd if "." not in k)
-    info.unexpected = sorted(info.unexpected + [k for k in rest if not _IGNORED.search(k)])
+    ignored = sum(1 for k in rest if _IGNORED.search(k)) + sum(1 for k in sd if "." not in k)
+    unexpected += [k for k in rest if not _IGNORED.search(k)]
+    return ignored, tuple(sorted(unexpected)), tuple(zero_filled)
 
 
-def _assign(module, sub: StateDict, prefix: str, info: LoadInfo) -> None:
+def _assign(module, sub: StateDict, prefix: str, family: str, unexpected: List[str], zero_filled: List[str]) -> None:
     expected = module.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in sub]
     for k in [k for k in missing if _OPTIONAL.search(k)]:
         sub[k] = torch.zeros(expected[k].shape, dtype=torch.float32)
-        info.zero_filled.append(prefix + k)
+        zero_filled.append(prefix + k)
         missing.remove(k)
     if missing:
         raise CheckpointError(
-            f"checkpoint lacks {len(missing)} of {len(expected)} {prefix}* tensors for {info.family} "
+            f"checkpoint lacks {len(missing)} of {len(expected)} {prefix}* tensors for {family} "
             f"(e.g. {prefix}{missing[0]}): a partial or UNet-only file?")
     bad = [k for k in expected if tuple(sub[k].shape) != tuple(expected[k].shape)]
     if bad:
         k = bad[0]
-        raise CheckpointError(f"{prefix}{k} has shape {list(sub[k].shape)}, {info.family} expects "
+        raise CheckpointError(f"{prefix}{k} has shape {list(sub[k].shape)}, {family} expects "
                               f"{list(expected[k].shape)} ({len(bad)} mismatched tensors): wrong family or config")
     extra = [k for k in sub if k not in expected]
     module.load_state_dict({k: sub[k] for k in expected}, strict=True, assign=True)
-    info.unexpected.extend(prefix + k for k in extra if not _IGNORED.search(prefix + k))
+    unexpected.extend(prefix + k for k in extra if not _IGNORED.search(prefix + k))
 
 
 def save_safetensors(sd: StateDict, path, metadata: Optional[Dict[str, str]] = None) -> None:

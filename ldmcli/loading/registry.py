@@ -12,7 +12,6 @@ from ldmcli.io.paths import expand_user
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS_DIR = Path(os.environ.get("LDM_WEIGHTS_DIR", ROOT / "weights"))
 REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
-TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
 
 
 def sha256_file(path: Path) -> str:

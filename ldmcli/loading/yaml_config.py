@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, Dict, Union
 
 from ldmcli.models import config as C
-from ldmcli.loading import miniyaml
 from ldmcli.errors import UsageError
+
+# The released configs are a few KiB; a config file larger than this is a mistake (a checkpoint passed as --config).
+MAX_YAML_BYTES = 1 << 20
 
 _UNET_FIELDS = ("in_channels", "out_channels", "model_channels", "num_res_blocks", "num_heads", "num_head_channels",
                 "legacy", "use_spatial_transformer", "transformer_depth", "context_dim",
@@ -28,20 +30,36 @@ def config_from_yaml(source: Union[str, Path], name: str = "") -> C.ModelConfig:
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
         path = Path(source)
         try:
+            if path.stat().st_size > MAX_YAML_BYTES:
+                raise UsageError(f"config {path} is larger than {MAX_YAML_BYTES >> 20} MiB: not a model config")
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read config {path}: {e.strerror if isinstance(e, OSError) else e}") from None
         name = name or path.stem
     else:
         text = source
-    try:
-        doc = miniyaml.loads(text)
-    except ValueError as e:
-        raise UsageError(f"config is not valid YAML: {e}") from None
+    doc = parse_yaml(text)
     try:
         return config_from_dict(doc, name or "yaml")
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:   # ValueError: e.g. `image_size: large`
         raise UsageError(f"config is not an LDM/SD model config (missing or malformed {e})") from None
+
+
+def parse_yaml(text: str) -> Dict[str, Any]:
+    """PyYAML's safe loader (plain data, no tags that build objects); every failure is a one-line UsageError."""
+    import yaml
+    if len(text) > MAX_YAML_BYTES:
+        raise UsageError(f"config text is larger than {MAX_YAML_BYTES >> 20} MiB: not a model config")
+    try:
+        doc = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError) as e:   # ValueError: e.g. a date like 2020-13-45
+        raise UsageError(f"config is not valid YAML: {' '.join(str(e).split())[:300]}") from None
+    except RecursionError:   # the composer recurses once per nesting level
+        raise UsageError("config is not valid YAML: nested too deeply") from None
+    if not isinstance(doc, dict):
+        what = "nothing" if doc is None else f"a {type(doc).__name__}"
+        raise UsageError(f"config is not an LDM/SD model config (the YAML holds {what}, not a mapping)")
+    return doc
 
 
 def config_from_dict(doc: Dict[str, Any], name: str) -> C.ModelConfig:
@@ -170,4 +188,4 @@ def _cond_stage(cs) -> C.CondStageConfig:
     raise UsageError(f"unsupported condition encoder {cls} in config")
 
 
-__all__ = ["config_from_yaml", "config_from_dict", "sampling_defaults"]
+__all__ = ["config_from_yaml", "config_from_dict", "parse_yaml", "sampling_defaults"]

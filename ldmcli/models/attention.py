@@ -11,18 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet_blocks import ContextBlock, GroupNorm32, normalization
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q·kᵀ/√d)·v over (b, heads, tokens, d_head) with PyTorch SDPA.
-
-    Half-precision safety (SD 2.1 overflows q·kᵀ in fp16, MODELS.md §11 item 3; the reference upcasts to fp32):
-    SDPA's fused kernels accumulate q·kᵀ and the softmax in fp32; its math fallback scales q and k by d^−1/4
-    each before the product and, while `torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp` is off (the
-    default), computes in fp32 as well. No unscaled half-precision logits are ever formed.
-    """
-    return F.scaled_dot_product_attention(q, k, v)
+from .layers import GroupNorm32, attention, multihead_attention
+from .unet_blocks import ContextBlock, normalization
 
 
 class CrossAttention(nn.Module):
@@ -40,12 +30,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         context = x if context is None else context.to(x.dtype)
-        b, n, _ = x.shape
-        # (b, tokens, heads·d) -> (b, heads, tokens, d)
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-        out = attention(q, k, v).transpose(1, 2).reshape(b, n, -1)    # (b, n, heads·d)
-        return self.to_out(out)
+        return self.to_out(multihead_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
 
 
 class GEGLU(nn.Module):

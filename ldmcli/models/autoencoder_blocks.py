@@ -10,22 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmcli.models.config import AutoencoderConfig
+from ldmcli.models.layers import GroupNorm32, attention
 
 # "vanilla-xformers" is the SD2 memory-efficient block: same keys and math as "vanilla".
 ATTN_TYPES = ("vanilla", "vanilla-xformers", "none")
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm that computes in float32 and returns the input dtype; parameters keep their own dtype.
-
-    The reference normalises in the activation dtype; in fp16 the KL decoder's large activations overflow there
-    (MODELS.md §11 #4). In float32 this is exactly `nn.GroupNorm`.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def normalize(channels: int) -> GroupNorm32:
@@ -73,7 +61,7 @@ class AttnBlock(nn.Module):
         # kernels need a unit-stride last dim and would otherwise fall back to the math path with N×N scores
         q, k, v = (proj(h).reshape(b, 1, c, height * width).transpose(-1, -2).contiguous()
                    for proj in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)  # default scale c^-0.5, as the reference
+        h = attention(q, k, v)  # default scale c^-0.5, as the reference
         h = h.transpose(-1, -2).reshape(b, c, height, width)
         return x + self.proj_out(h)
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ldmcli.models.config import BERTConfig
-from ldmcli.models.clip_text import TextEncoder, attention
+from ldmcli.models.clip_text import TextEncoder
+from ldmcli.models.layers import multihead_attention
 
 
 class Attention(nn.Module):
@@ -27,7 +28,7 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = attention(self.to_q(x), self.to_k(x), self.to_v(x), self.heads, causal=False)
+        out = multihead_attention(self.to_q(x), self.to_k(x), self.to_v(x), self.heads)
         return self.to_out(out)
 
 

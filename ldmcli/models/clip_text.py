@@ -14,18 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmcli.models.config import CLIPTextConfig
+from ldmcli.models.layers import multihead_attention
 from ldmcli.errors import UsageError
 from ldmcli.tokenizers import tokenizer_for
 
 LAYER_CHOICES = ("last", "penultimate")
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
-    """Multi-head softmax(q·kᵀ/√d_head)·v over [b, L, heads·d_head] projections; shared by the text encoders."""
-    b, n, _ = q.shape
-    q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))  # [b, h, L, d_head]
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    return out.transpose(1, 2).reshape(b, n, -1)  # [b, L, h·d_head]
 
 
 def blocks_to_run(layer: str, depth: int) -> int:
@@ -50,9 +43,27 @@ class TextEncoder(nn.Module):
         return self(self.tokenizer(texts).to(next(self.parameters()).device))
 
 
+def pre_norm_block(x: torch.Tensor, norm1: nn.Module, attn: nn.Module, norm2: nn.Module,
+                   mlp: nn.Module) -> torch.Tensor:
+    """The residual block of CLIP and open_clip text towers: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    x = x + attn(norm1(x))
+    return x + mlp(norm2(x))
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """OpenAI CLIP's sigmoid approximation of GELU (`hidden_act="quick_gelu"`)."""
     return x * torch.sigmoid(1.702 * x)
+
+
+class CLIPEmbeddings(nn.Module):
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.position_embedding = nn.Embedding(cfg.max_length, cfg.width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.token_embedding(tokens) + self.position_embedding(positions)
 
 
 class CLIPAttention(nn.Module):
@@ -65,7 +76,7 @@ class CLIPAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True)
+        out = multihead_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True)
         return self.out_proj(out)
 
 
@@ -83,7 +94,7 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
-    """Pre-norm residual block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """HF CLIP's `pre_norm_block` with its own key names."""
 
     def __init__(self, cfg: CLIPTextConfig):
         super().__init__()
@@ -93,19 +104,7 @@ class CLIPEncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class CLIPEmbeddings(nn.Module):
-    def __init__(self, cfg: CLIPTextConfig):
-        super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.position_embedding = nn.Embedding(cfg.max_length, cfg.width)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        return self.token_embedding(tokens) + self.position_embedding(positions)
+        return pre_norm_block(x, self.layer_norm1, self.self_attn, self.layer_norm2, self.mlp)
 
 
 class CLIPEncoder(nn.Module):

@@ -55,28 +55,31 @@ class AutoencoderConfig:
 
 
 @dataclass(frozen=True)
-class CLIPTextConfig:
-    """SD1 `FrozenCLIPEmbedder`: HF CLIPTextModel ViT-L/14 keys, last hidden state (MODELS.md §6.2, §7.5)."""
-    vocab_size: int = 49408
-    max_length: int = 77
-    width: int = 768
+class TextTransformerConfig:
+    """What the CLIP-family text towers share: causal pre-norm transformer over BPE tokens (MODELS.md §6.2)."""
+    vocab_size: int = 49408             # BPE vocabulary (token_embedding rows)
+    max_length: int = 77                # context length, start and end tokens included
+    width: int = 768                    # hidden size = the UNet's context_dim
     layers: int = 12
-    heads: int = 12
-    mlp_dim: int = 3072
-    activation: str = "quick_gelu"
-    layer: str = "last"                 # "last" | "penultimate" (penultimate keeps final_layer_norm)
+    heads: int = 12                     # d_head = width / heads
+    mlp_dim: int = 3072                 # hidden size of each block's MLP
+    layer: str = "last"                 # "last" | "penultimate" (penultimate keeps the final layer norm)
 
 
 @dataclass(frozen=True)
-class OpenCLIPTextConfig:
+class CLIPTextConfig(TextTransformerConfig):
+    """SD1 `FrozenCLIPEmbedder`: HF CLIPTextModel ViT-L/14 keys, last hidden state (MODELS.md §6.2, §7.5)."""
+    activation: str = "quick_gelu"
+
+
+@dataclass(frozen=True)
+class OpenCLIPTextConfig(TextTransformerConfig):
     """SD2 `FrozenOpenCLIPEmbedder` ViT-H/14 text tower, penultimate layer + ln_final (MODELS.md §6.2, §7.6)."""
-    vocab_size: int = 49408
-    max_length: int = 77
     width: int = 1024
     layers: int = 24
     heads: int = 16
     mlp_dim: int = 4096
-    layer: str = "penultimate"          # "last" | "penultimate"
+    layer: str = "penultimate"
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,11 @@ class BERTConfig:
     tokenizer: "wordpiece" (bert-base-uncased vocab file), "none" (caller passes token ids, layout2img),
     or "words" (the embedded default's closed word vocabulary, see ldmcli/tokenizers).
     """
-    vocab_size: int = 30522
-    max_seq_len: int = 77
-    n_embed: int = 1280
-    n_layer: int = 32
-    heads: int = 8
+    vocab_size: int = 30522             # WordPiece ids (bert-base-uncased), or layout tokens for layout2img
+    max_seq_len: int = 77               # positions (pos_emb rows)
+    n_embed: int = 1280                 # model width = the UNet's context_dim
+    n_layer: int = 32                   # attention + feed-forward pairs
+    heads: int = 8                      # heads × dim_head is the attention's inner width, whatever n_embed
     dim_head: int = 64
     tokenizer: str = "wordpiece"
     vocab: Tuple[str, ...] = ()         # tokenizer "words": the closed vocabulary, specials first (tokenizers/words.py)
@@ -130,20 +133,20 @@ class ModelConfig:
     cond_stage: CondStageConfig = None
     conditioning_key: Optional[str] = "crossattn"  # None|concat|crossattn|hybrid|hybrid-adm
     parameterization: str = "eps"       # "eps" | "v"
-    linear_start: float = 0.00085
+    linear_start: float = 0.00085       # β schedule: linspace(√linear_start, √linear_end, timesteps)²
     linear_end: float = 0.012
     timesteps: int = 1000
-    scale_factor: float = 0.18215
+    scale_factor: float = 0.18215       # latent = first-stage code × scale_factor (unit variance for the UNet)
     latent_size: int = 64               # native latent H=W at the training resolution
-    latent_channels: int = 4
+    latent_channels: int = 4            # = the first stage's embed_dim
     # x4 upscaler: ImageConcatWithNoiseAugmentation schedule and cap
     noise_aug_linear_start: float = 1e-4
     noise_aug_linear_end: float = 0.02
-    max_noise_level: int = 350
+    max_noise_level: int = 350          # highest --noise-level the low-res input may be given
     # sampling defaults of the reference scripts for this family
     default_steps: int = 50
-    default_guidance: float = 7.5
-    default_eta: float = 0.0
+    default_guidance: float = 7.5       # classifier-free guidance scale; 1.0 means no unconditional pass
+    default_eta: float = 0.0            # DDIM η: 0 deterministic, 1 ancestral (DDPM-like)
     version: str = ""                   # free-form provenance (embedded defaults record their training run)
     # class / layout label names of the condition (layout2img, semantic2img, class2img); empty: the public
     # label list shipped in ldmcli/data for the family (OpenImages for layout2img, COCO-Stuff for semantic2img)
@@ -157,5 +160,5 @@ class ModelConfig:
         return replace(self, **changes)
 
 
-__all__ = ["UNetConfig", "AutoencoderConfig", "CLIPTextConfig", "OpenCLIPTextConfig", "BERTConfig",
-           "ClassEmbedderConfig", "SpatialRescalerConfig", "CondStageConfig", "ModelConfig", "field"]
+__all__ = ["UNetConfig", "AutoencoderConfig", "TextTransformerConfig", "CLIPTextConfig", "OpenCLIPTextConfig",
+           "BERTConfig", "ClassEmbedderConfig", "SpatialRescalerConfig", "CondStageConfig", "ModelConfig", "field"]

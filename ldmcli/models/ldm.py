@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ldmcli.models.config import ModelConfig
-from ldmcli.sampling.samplers import alphas_cumprod_from
+from ldmcli.sampling.schedules import alphas_cumprod_from
 
 
 class DiffusionWrapper(nn.Module):

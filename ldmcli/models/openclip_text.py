@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmcli.models.config import OpenCLIPTextConfig
-from ldmcli.models.clip_text import TextEncoder, attention, blocks_to_run
+from ldmcli.models.clip_text import TextEncoder, blocks_to_run, pre_norm_block
+from ldmcli.models.layers import multihead_attention
 
 
 class PackedSelfAttention(nn.Module):
@@ -32,11 +33,11 @@ class PackedSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)  # each [b, L, width]
-        return self.out_proj(attention(q, k, v, self.heads, causal=True))
+        return self.out_proj(multihead_attention(q, k, v, self.heads, causal=True))
 
 
 class ResidualAttentionBlock(nn.Module):
-    """open_clip block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); exact GELU in the MLP."""
+    """open_clip's `pre_norm_block` with its own key names; exact GELU in the MLP."""
 
     def __init__(self, width: int, heads: int, mlp_dim: int):
         super().__init__()
@@ -50,8 +51,7 @@ class ResidualAttentionBlock(nn.Module):
         ]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        return pre_norm_block(x, self.ln_1, self.attn, self.ln_2, self.mlp)
 
 
 class OpenCLIPTextTower(nn.Module):

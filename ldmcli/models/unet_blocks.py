@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import GroupNorm32
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of ADM: `[cos(t·f), sin(t·f)]` (cos first), `f_i = max_period^(−i/half)`.
@@ -23,15 +25,6 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     args = t.float()[:, None] * freqs[None]                        # (b, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)    # (b, 2·half)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back, so fp16/bf16 models normalise like fp32 ones."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:

@@ -1,5 +1,5 @@
-"""Noise schedules and timestep grids: ᾱ_t of the reference "linear" schedule, the DDIM 'uniform' grid, and
-the σ grids of the k-diffusion-style samplers (MODELS.md §3.3, §9.2).
+"""Noise schedules and the grids samplers walk: ᾱ_t of the reference "linear" schedule, σ ↔ t conversions, and
+the schedule functions `(alphas_cumprod, steps) -> Grid` (MODELS.md §3.3, §9.2).
 
 Two parametrisations of one diffusion process are used:
   VP (the model's own):  x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε
@@ -7,10 +7,16 @@ Two parametrisations of one diffusion process are used:
 Fractional timesteps t ∈ [0, T−1] are defined by interpolating log σ linearly between integer timesteps, as
 k-diffusion's `DiscreteSchedule.sigma_to_t/t_to_sigma` and diffusers' `_sigma_to_t` do; every conversion in
 ldmcli (σ → t for the model call, t → ᾱ for v → ε) goes through the two functions below, so they agree.
+
+A `Grid` holds both parametrisations of every noise level, each computed in float64 from the schedule's own one
+(ᾱ for the DDIM/DDPM grids, σ for Karras), so a VP sampler reads ᾱ and a σ-space sampler reads σ without a
+round trip. A new schedule is one function here and one entry in `SCHEDULES`.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -101,20 +107,84 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho
 
 
-def k_sigmas(alphas_cumprod, steps: int, karras: bool = False) -> Tuple[Tensor, Tensor]:
-    """σ grid of the k-diffusion-style samplers: (sigmas, ts) with len(sigmas) = steps + 1 (last σ = 0), float64.
+# -- grids ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """The noise levels a sampler walks, noisiest first: step i takes the latent from level i to level i + 1 and
+    calls the model at timestep t[i].
 
-    Default: σ at the "trailing" timesteps (diffusers `timestep_spacing="trailing"`; integer t, so the model sees
-    trained timesteps and no interpolation choice matters). karras=True: Karras σs (ρ=7) between σ(0) and σ(T−1) of
-    the full schedule — k-diffusion's `get_sigmas_karras(n, model.sigma_min, model.sigma_max)` and diffusers'
-    `use_karras_sigmas` — with fractional t = sigma_to_t(σ) (diffusers' DPM-Solver rounds these t; we do not).
+    t: (n,) float64 model timesteps (fractional where a σ falls between trained timesteps).
+    alphas: (n + 1,) float64 ᾱ of the levels (VP); sigmas: (n + 1,) float64 σ = √((1−ᾱ)/ᾱ) of the same levels (VE).
+    A grid whose last level is clean has alphas[-1] = 1 and sigmas[-1] = 0.
     """
-    all_sigmas = sigmas_from(alphas_cumprod)
-    if karras:
-        sigmas = karras_sigmas(steps, all_sigmas[0].item(), all_sigmas[-1].item())
-        ts = sigma_to_t(sigmas, alphas_cumprod)
-    else:
-        ts = trailing_timesteps(steps, len(all_sigmas))
-        sigmas = all_sigmas[ts.long()]
-    return torch.cat([sigmas, sigmas.new_zeros(1)]), ts
+    t: Tensor
+    alphas: Tensor
+    sigmas: Tensor
 
+    def __post_init__(self):
+        n = len(self.t)
+        if tuple(self.alphas.shape) != (n + 1,) or tuple(self.sigmas.shape) != (n + 1,):
+            raise ValueError(f"a grid of {n} steps needs {n + 1} alphas and sigmas, got "
+                             f"{tuple(self.alphas.shape)} and {tuple(self.sigmas.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def tail(self, strength: float) -> "Grid":
+        """The last ⌈strength·n⌉ steps: a partial start (img2img, SDEdit, Meng et al. 2022). The sampler then starts
+        from the input's latent noised to the tail's first level, √ᾱ·x0 + √(1−ᾱ)·ε with ᾱ = tail.alphas[0].
+
+        strength in (0, 1]: 1 keeps every step and any strength > 0 keeps at least one. A1111 and diffusers take
+        int(steps·strength) steps instead (rounded down, so a small strength runs no step at all). strength·n is
+        rounded to 9 decimals before the ceiling, so that 0.3 of 10 steps is 3 steps, not 4.
+        """
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        first = len(self) - math.ceil(round(strength * len(self), 9))
+        return Grid(self.t[first:], self.alphas[first:], self.sigmas[first:])
+
+
+def _vp_grid(ts: Tensor, alphas: Tensor) -> Grid:
+    """A grid defined by ᾱ (σ derived from it)."""
+    return Grid(ts.to(torch.float64), alphas, ((1 - alphas) / alphas).sqrt())
+
+
+def uniform(alphas_cumprod, steps: int) -> Grid:
+    """The reference DDIM grid (MODELS.md §9.2): `ddim_timesteps` (981, 961, …, 1 for S=50), and the last step goes
+    to ᾱ[0], not to 1 (diffusers' DDIMScheduler with timestep_spacing="leading", steps_offset=1,
+    set_alpha_to_one=False, where S divides T)."""
+    ac = _f64(alphas_cumprod)
+    ts = ddim_timesteps(steps, len(ac)).flip(0)
+    return _vp_grid(ts, torch.cat([ac[ts], ac[:1]]))
+
+
+def ddpm(alphas_cumprod, steps: Optional[int] = None) -> Grid:
+    """The DDPM grid (Ho et al. 2020; `p_sample_loop`): all T timesteps when steps ≥ T (or None), else the DDIM
+    grid *respaced*, as diffusers' DDPMScheduler does with timestep_spacing="leading", steps_offset=1; either way
+    the last step goes to ᾱ = 1 (a clean sample)."""
+    ac = _f64(alphas_cumprod)
+    T = len(ac)
+    ts = (torch.arange(T) if steps is None or steps >= T else ddim_timesteps(steps, T)).flip(0)
+    return _vp_grid(ts, torch.cat([ac[ts], ac.new_ones(1)]))
+
+
+def trailing(alphas_cumprod, steps: int) -> Grid:
+    """σ at the "trailing" timesteps (`trailing_timesteps`: integer t from T−1, so the model sees trained timesteps),
+    then σ = 0: diffusers' k-style schedulers with timestep_spacing="trailing"."""
+    ac = _f64(alphas_cumprod)
+    ts = trailing_timesteps(steps, len(ac))
+    return _vp_grid(ts, torch.cat([ac[ts.long()], ac.new_ones(1)]))
+
+
+def karras(alphas_cumprod, steps: int) -> Grid:
+    """Karras σs (ρ = 7) between σ(0) and σ(T−1) of the full schedule, then σ = 0: k-diffusion's
+    `get_sigmas_karras(n, model.sigma_min, model.sigma_max)` and diffusers' `use_karras_sigmas`, with fractional
+    t = sigma_to_t(σ) (diffusers' DPM-Solver rounds these t; we do not)."""
+    all_sigmas = sigmas_from(alphas_cumprod)
+    sigmas = karras_sigmas(steps, all_sigmas[0].item(), all_sigmas[-1].item())
+    sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+    return Grid(sigma_to_t(sigmas[:-1], alphas_cumprod), 1 / (1 + sigmas ** 2), sigmas)
+
+
+Schedule = Callable[..., Grid]
+SCHEDULES: Dict[str, Schedule] = {"uniform": uniform, "ddpm": ddpm, "trailing": trailing, "karras": karras}

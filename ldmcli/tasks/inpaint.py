@@ -7,7 +7,7 @@ Three ways, which differ only in the condition they build (MODELS.md §0 item 6,
   mask in {0, 1}, E a seeded posterior sample (§11 #22); text with guidance, the unconditional branch keeping
   c_concat.
 - any text-to-image (or unconditional) model: the known region's latent is blended into x_t before every step
-  (the sampler's x0_known/mask, §9.2).
+  (sampling/blending.KnownRegion around the denoiser, §9.2).
 In all three, the output has the input's size (mirror-padded to the model's multiple, then cropped back), and every
 pixel outside the mask is pasted back from the original, so it is unchanged to the last bit.
 """
@@ -21,10 +21,12 @@ import torch.nn.functional as F
 
 from ldmcli.models.config import BERTConfig, CLIPTextConfig, OpenCLIPTextConfig
 from ldmcli.errors import InputError, UsageError
-from ldmcli.sampling.pipeline import (Cond, SamplerSettings, decode, job_option, latent_multiple, pad_to_multiple,
-                                 sample_latents, side_generator)
+from ldmcli.sampling.noise import side_generator
+from ldmcli.sampling.pipeline import Cond, decode, sample_latents
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.tasks.geometry import latent_multiple, pad_to_multiple
 
-_ENCODE_STREAM = 0xE4C   # the posterior sample of sample k comes from seeds[k] + this (common.side_generator)
+_ENCODE_STREAM = 0xE4C   # the posterior sample of sample k comes from seeds[k] + this (noise.side_generator)
 _TEXT = (CLIPTextConfig, OpenCLIPTextConfig, BERTConfig)
 
 
@@ -52,11 +54,16 @@ def ldm_condition(model, x: torch.Tensor, hole: torch.Tensor) -> Cond:
     return {"c_concat": [c, mask]}
 
 
-def sd_condition(model, x: torch.Tensor, hole: torch.Tensor, seeds: List[int]) -> Cond:
+def sd_condition(model, x: torch.Tensor, hole: torch.Tensor, seeds: Optional[List[int]] = None,
+                 generator: Optional[torch.Generator] = None) -> Cond:
     """SD inpainting: masked = x·(m < 0.5) (hole → 0), c_concat = [nearest(m) at latent size, scale·sample(E(masked))]
-    with one seeded posterior sample per seed; UNet input [z_t, mask, masked latent]."""
+    with one seeded posterior sample per seed (one image x), or without seeds one per row of a batch x drawn from
+    `generator` (training); UNet input [z_t, mask, masked latent]."""
     masked = x * (hole < 0.5)
-    z = torch.cat([model.encode_first_stage(masked, generator=side_generator(s, _ENCODE_STREAM)) for s in seeds])
+    if seeds is None:
+        z = model.encode_first_stage(masked, generator=generator)
+    else:
+        z = torch.cat([model.encode_first_stage(masked, generator=side_generator(s, _ENCODE_STREAM)) for s in seeds])
     mask = F.interpolate(hole, size=z.shape[-2:], mode="nearest")
     return {"c_concat": [mask, z]}
 
@@ -109,7 +116,7 @@ def paste_back(original, generated, mask: np.ndarray):
 
 def build_condition(model, family: str, x: torch.Tensor, hole: torch.Tensor, prompt: str, negative_prompt: str,
                     seeds: List[int]):
-    """(cond, uncond, blend) for the family; `blend` holds the sampler's x0_known/mask (latent blending only)."""
+    """(cond, uncond, blend) for the family; `blend` holds sample_latents' x0_known/mask (latent blending only)."""
     if family == "ldm":
         if prompt or negative_prompt:
             raise UsageError(f"{model.cfg.name} takes no prompt (it is conditioned on the image alone)")
@@ -140,17 +147,5 @@ def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", *, 
     return [paste_back(image, g.crop((0, 0, width, height)), mask) for g in decode(model, z)]
 
 
-def run_job(model, job, seeds: List[int], settings: SamplerSettings, callback: Optional[Callable] = None):
-    """Batch adapter: the job's image and mask files, with `extra` options mask_blur (pixels) and invert_mask."""
-    from ldmcli.io.images import load_image, load_mask
-    if not job.image or not job.mask:
-        raise UsageError("inpaint needs an image and a mask")
-    image = load_image(job.image)
-    mask = load_mask(job.mask, size=image.size, invert=job_option(job, "invert_mask", False, bool),
-                     blur=job_option(job, "mask_blur", 0.0, float))
-    return inpaint(model, image, mask, job.prompt, job.negative_prompt, seeds=seeds, settings=settings,
-                   callback=callback)
-
-
 __all__ = ["inpaint", "inpaint_family", "ldm_condition", "sd_condition", "known_latent", "text_condition",
-           "build_condition", "check_mask", "paste_back", "run_job"]
+           "build_condition", "check_mask", "paste_back"]

@@ -19,9 +19,11 @@ import torch
 from ldmcli.models.config import BERTConfig
 from ldmcli.data import OPENIMAGES, label_id, read_label_file
 from ldmcli.errors import UsageError
-from ldmcli.io.layout import (LayoutBox, boxes_from_option, layout_tokens, max_objects, normalised_boxes, read_layout,
+from ldmcli.io.layout import (LayoutBox, layout_tokens, max_objects, normalised_boxes,
                            unconditional_tokens)
-from ldmcli.sampling.pipeline import SamplerSettings, check_size, decode, sample_latents
+from ldmcli.sampling.pipeline import decode, sample_latents
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.tasks.geometry import check_size
 
 _NO_NAMES = ("MODELS.md does not list the OpenImages categories of the layout2img checkpoint "
              "(ldmcli/data/openimages_labels.txt is empty)")
@@ -87,15 +89,4 @@ def layout2img(model, boxes: Sequence[LayoutBox], *, seeds: List[int], height: O
     return decode(model, z)
 
 
-def run_job(model, job, seeds: List[int], settings: SamplerSettings, callback: Optional[Callable] = None):
-    """Batch adapter: boxes from the job's layout file, then those of `extra["boxes"]` (the --box strings);
-    job.height/width set the output size."""
-    boxes = read_layout(job.layout) if job.layout else []
-    boxes += boxes_from_option(job.extra.get("boxes"))
-    if not job.layout and not boxes:
-        raise UsageError("layout2img needs a layout JSON file or at least one --box \"label x0 y0 x1 y1\"")
-    return layout2img(model, boxes, seeds=seeds, height=job.height, width=job.width, settings=settings,
-                      callback=callback)
-
-
-__all__ = ["layout2img", "layout_condition", "check_layout_model", "list_labels", "run_job"]
+__all__ = ["layout2img", "layout_condition", "check_layout_model", "list_labels"]

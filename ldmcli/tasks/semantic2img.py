@@ -4,7 +4,7 @@ The map's class ids become a one-hot map [1, classes, H, W]; the model's `Spatia
 resizes, then a 1×1 conv, through `get_learned_conditioning`) turns it into a [1, 3, H/4, W/4] map that is
 concatenated to the latent at every step. The UNet is convolutional, so a map of any size runs at its full size,
 as the paper applies the 256² model to larger maps; with a `tile_size` (latent cells) the denoiser runs on
-overlapping tiles instead (tasks/tiled.py) and the result is decoded by tiles. The map is mirror-padded to the
+overlapping tiles instead (sampling/tiling.py) and the result is decoded by tiles. The map is mirror-padded to the
 model's multiple and the image cropped back, so the output has the map's size. No guidance (the reference has no
 unconditional map).
 
@@ -21,12 +21,13 @@ import torch
 from ldmcli.models.config import SpatialRescalerConfig
 from ldmcli.data import COCOSTUFF, read_label_file
 from ldmcli.errors import UsageError
-from ldmcli.io.segmap import check_class_ids, one_hot, read_palette, read_segmap
-from ldmcli.sampling.pipeline import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple, sample_latents,
-                                 unet_fits)
-from ldmcli.sampling.tiled import decode_images, plan_tiling, tiled
+from ldmcli.io.segmap import check_class_ids, one_hot
+from ldmcli.sampling.memory import unet_fits
+from ldmcli.sampling.pipeline import Cond, decode, sample_latents
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.tasks.geometry import latent_multiple, pad_to_multiple, plan_tiling
 
-_NO_NAMES = ("MODELS.md does not list the COCO-Stuff class names of the semantic-synthesis checkpoints "
+NO_NAMES = ("MODELS.md does not list the COCO-Stuff class names of the semantic-synthesis checkpoints "
              "(ldmcli/data/cocostuff_labels.txt is empty)")
 
 
@@ -49,13 +50,14 @@ def list_labels(model) -> List[str]:
     cs = check_semantic_model(model.cfg)
     names = list(class_names(model))
     if not names:
-        raise UsageError(f"{model.cfg.name}: no class names to list: {_NO_NAMES}; maps use class ids "
+        raise UsageError(f"{model.cfg.name}: no class names to list: {NO_NAMES}; maps use class ids "
                          f"0-{cs.in_channels - 1}")
     return names
 
 
 def semantic_condition(model, seg: torch.Tensor) -> Cond:
-    """c_concat = SpatialRescaler(one-hot(seg)): ids [H, W] → [1, classes, H, W] → [1, out, H·mⁿ, W·mⁿ]."""
+    """c_concat = SpatialRescaler(one-hot(seg)): ids [H, W] → [1, classes, H, W] → [1, out, H·mⁿ, W·mⁿ] (a batch of
+    maps [B, H, W], as training gives, → [B, out, H·mⁿ, W·mⁿ])."""
     cs = check_semantic_model(model.cfg)
     x = one_hot(seg, cs.in_channels, dtype=model.dtype, device=model.device)   # {0, 1} is exact in fp16/bf16
     return {"c_concat": [model.get_learned_conditioning(x)]}
@@ -89,24 +91,8 @@ def semantic2img(model, segmap: np.ndarray, *, seeds: List[int], settings: Sampl
     if tile_size is not None or tile_overlap is not None or not unet_fits(model, *latent_hw, batch=1):
         tiling = plan_tiling(model, latent_hw, tile_size, tile_overlap)
     shape = (model.cfg.latent_channels, *latent_hw)
-    z = sample_latents(tiled(model, tiling), cond, None, shape, seeds, settings, callback=callback)
-    return [img.crop((0, 0, width, height)) for img in decode_images(model, z, tiling)]
+    z = sample_latents(model, cond, None, shape, seeds, settings, callback=callback, tiling=tiling)
+    return [img.crop((0, 0, width, height)) for img in decode(model, z, tiling)]
 
 
-def run_job(model, job, seeds: List[int], settings: SamplerSettings, callback: Optional[Callable] = None):
-    """Batch adapter: the job's segmap file, with `extra` options palette (a palette file for colour maps),
-    tile_size and tile_overlap."""
-    cs = check_semantic_model(model.cfg)
-    if not job.segmap:
-        raise UsageError("semantic2img needs a segmentation map")
-    palette_path = job.extra.get("palette")
-    palette = None
-    if palette_path:
-        palette = read_palette(palette_path, class_names(model), cs.in_channels, _NO_NAMES)
-    seg = read_segmap(job.segmap, palette)
-    check_class_ids(seg, cs.in_channels, f"segmentation map {job.segmap}")
-    return semantic2img(model, seg, seeds=seeds, settings=settings, tile_size=job_option(job, "tile_size", None, int),
-                        tile_overlap=job_option(job, "tile_overlap", None, int), callback=callback)
-
-
-__all__ = ["semantic2img", "semantic_condition", "check_semantic_model", "class_names", "list_labels", "run_job"]
+__all__ = ["NO_NAMES", "semantic2img", "semantic_condition", "check_semantic_model", "class_names", "list_labels"]

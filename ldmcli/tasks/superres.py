@@ -5,7 +5,7 @@ Two families, which differ only in the condition they build:
   VQ-f4 latent of the same spatial size; no text, no guidance; decoding re-quantizes the latent (§11 #21).
 - SD x4 upscaler (hybrid-adm): the low-res image, noise-augmented in pixel space on its own schedule, is
   concatenated to the 4-channel latent; `y` = the noise level; OpenCLIP text with classifier-free guidance.
-Latents larger than one tile are sampled by overlapping tiles (tasks/tiled.py) and decoded by tiles.
+Latents larger than one tile are sampled by overlapping tiles (sampling/tiling.py) and decoded by tiles.
 """
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import torch
 
 from ldmcli.errors import UsageError
 from ldmcli.sampling.schedules import alphas_cumprod_from
-from ldmcli.sampling.pipeline import (Cond, SamplerSettings, job_option, latent_multiple, pad_to_multiple,
-                                 sample_latents, side_generator)
-from ldmcli.sampling.tiled import decode_images, plan_tiling, tiled
+from ldmcli.sampling.noise import side_generator
+from ldmcli.sampling.pipeline import Cond, decode, sample_latents
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.tasks.geometry import latent_multiple, pad_to_multiple, plan_tiling
 
 DEFAULT_NOISE_LEVEL = 20   # the x4 demos' default (gradio, streamlit); the README suggests ~100 for synthetic input
-_AUG_STREAM = 0xA06        # the noise-augmentation ε of sample k comes from seeds[k] + this (common.side_generator)
+_AUG_STREAM = 0xA06        # the noise-augmentation ε of sample k comes from seeds[k] + this (noise.side_generator)
 
 
 def superres_family(cfg) -> str:
@@ -102,21 +103,9 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
         cond, uncond = x4_condition(model, lr, prompt, negative_prompt, level, seeds)
     tiling = plan_tiling(model, lr.shape[-2:], tile_size, tile_overlap)
     shape = (model.cfg.latent_channels, *lr.shape[-2:])                # the latent has the low-res image's size
-    z = sample_latents(tiled(model, tiling), cond, uncond, shape, seeds, settings, callback=callback)
-    return [img.crop((0, 0, scale * width, scale * height)) for img in decode_images(model, z, tiling)]
+    z = sample_latents(model, cond, uncond, shape, seeds, settings, callback=callback, tiling=tiling)
+    return [img.crop((0, 0, scale * width, scale * height)) for img in decode(model, z, tiling)]
 
 
-def run_job(model, job, seeds: List[int], settings: SamplerSettings, callback: Optional[Callable] = None):
-    """Batch adapter: the job's image file and `extra` options (upscale, noise_level, tile_size, tile_overlap).
-    The upscaling factor is `upscale` because a job's `scale` is the guidance scale of every subcommand."""
-    from ldmcli.io.images import load_image
-    if not job.image:
-        raise UsageError("superres needs an image")
-    return superres(model, load_image(job.image), job.prompt, job.negative_prompt,
-                    scale=job_option(job, "upscale", 4, int), noise_level=job_option(job, "noise_level", None, int),
-                    seeds=seeds, settings=settings, tile_size=job_option(job, "tile_size", None, int),
-                    tile_overlap=job_option(job, "tile_overlap", None, int), callback=callback)
-
-
-__all__ = ["superres", "superres_family", "bsr_condition", "noise_augment", "x4_condition", "run_job",
+__all__ = ["superres", "superres_family", "bsr_condition", "noise_augment", "x4_condition",
            "DEFAULT_NOISE_LEVEL"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 from ldmcli.errors import UsageError
-from ldmcli.sampling.pipeline import SamplerSettings, check_size, decode, sample_latents
+from ldmcli.sampling.pipeline import decode, sample_latents
+from ldmcli.sampling.settings import SamplerSettings
+from ldmcli.tasks.geometry import check_size
 
 
 def txt2img(model, prompt: str, *, negative_prompt: str = "", seeds: List[int], height: Optional[int] = None,

@@ -60,7 +60,7 @@ def find_vocab(path: Union[str, Path, None] = None) -> Path:
 
 @lru_cache(maxsize=4)
 def load_bpe(path: Path) -> Tuple[Dict[str, int], Dict[Tuple[str, str], int]]:
-    """(symbol → id, merge pair → rank) from the gzipped merges file; cached per path (≈0.1 s the first time)."""
+    """(symbol → id, merge pair → rank) from the gzipped merges file, parsed once per path."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")[1:N_MERGES + 1]     # line 0 is a version header
     merges = [tuple(line.split()) for line in lines]
@@ -82,7 +82,7 @@ def frame(texts: Union[str, Sequence[str]], encode: Callable[[str], List[int]],
 
 def clean(text: str) -> str:
     """CLIP's text clean-up: ftfy repairs, HTML entities unescaped (twice), whitespace collapsed, lower case."""
-    import ftfy   # imported on first use: ~60 ms that CLI start-up need not pay
+    import ftfy   # imported on first use, so that CLI start-up does not pay for it
 
     text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return _SPACES_RE.sub(" ", text).strip().lower()

@@ -82,8 +82,8 @@ def build_autoencoder(cfg: AutoencoderConfig, s: StageSettings) -> Tuple[Autoenc
     """A freshly initialised autoencoder (seed the global RNG first) and the stage's objectives.
 
     The posterior starts narrow: quant_conv's log-variance bias is LOGVAR_INIT (σ ≈ 0.05) instead of ≈ 0 (σ ≈ 1),
-    so early reconstructions are not drowned in sampling noise (on the shapes world this halves L1 after 200
-    steps); the KL term and the reconstruction loss move it from there."""
+    so early reconstructions are not drowned in sampling noise (docs/RESULTS.md, "First stage"); the KL term and
+    the reconstruction loss move it from there."""
     if cfg.kind != "kl":
         raise UsageError("ldm train builds KL autoencoders only")
     ae = AutoencoderKL(cfg)

@@ -1,7 +1,5 @@
-"""`ldm train`: parsing only; `ldmcli.train.run.train` does the work. The lead wires it into ldmcli/cli.py:
-
-    from ldmcli.train.cli import train_command
-    app.command("train")(train_command)
+"""`ldm train`: parsing only; `ldmcli.train.run.train` does the work. ldmcli/cli/app.py registers it as the
+`train` subcommand.
 
 Multi-GPU: `torchrun --nproc_per_node N -m ldmcli train ...` (one process per GPU; --batch-size is per process).
 """
@@ -14,7 +12,9 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-TASK_CHOICES = "all, autoencoder, decoder, txt2img, inpaint, superres, layout2img, semantic2img"
+from ldmcli.train.recipes import TASKS
+
+TASK_CHOICES = ", ".join(("all",) + TASKS)
 
 
 def train_command(
@@ -44,7 +44,7 @@ def train_command(
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")] = False):
     """Train the small default models from scratch (shapes world or your captioned images) and export them."""
     from ldmcli.cli.console import Console
-    from ldmcli.loading.load import guarded
+    from ldmcli.cli.guard import guarded
     from ldmcli.train.run import TrainOptions, train
 
     main = int(os.environ.get("RANK", "0")) == 0          # under torchrun only rank 0 talks

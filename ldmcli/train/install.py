@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, Sequence
 
 from ldmcli.errors import UsageError
-from ldmcli.loading.registry import TASKS, WEIGHTS_DIR, sha256_file
+from ldmcli.io.atomic import write_bytes_atomic
+from ldmcli.loading.registry import WEIGHTS_DIR, sha256_file
+from ldmcli.tasks import TASK_NAMES
 
 LICENCE = "same as ldmcli (trained from scratch on the procedural shapes world)"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def install(run: Path, weights: Path, tasks: Sequence[str] = TASKS) -> Dict[str, dict]:
+def install(run: Path, weights: Path, tasks: Sequence[str] = TASK_NAMES) -> Dict[str, dict]:
     """Install the run's models for `tasks`; returns the registry entries written. Every file is checked to be
     present before anything is copied, so a partial run installs nothing."""
     from ldmcli.loading.checkpoint import safetensors_metadata
@@ -42,13 +37,13 @@ def install(run: Path, weights: Path, tasks: Sequence[str] = TASKS) -> Dict[str,
     for task, src in sources.items():
         name = f"ldmcli-default-{task}"
         dst = weights / f"{name}.safetensors"
-        _write_atomic(dst, src.read_bytes())            # a few MB each
+        write_bytes_atomic(dst, src.read_bytes())            # a few MB each
         entry = {"family": "ldmcli-default", "task": task, "file": dst.name, "default_for": task,
                  "source": safetensors_metadata(dst).get("ldmcli_version") or f"ldm train ({run.name})",
                  "bytes": dst.stat().st_size, "sha256": sha256_file(dst), "licence": LICENCE}
         reg["models"][name] = entry
         written[name] = entry
-    _write_atomic(reg_path, (json.dumps(reg, indent=1) + "\n").encode())
+    write_bytes_atomic(reg_path, (json.dumps(reg, indent=1) + "\n").encode())
     return written
 
 
@@ -56,10 +51,10 @@ def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ldmcli.train.install", description=__doc__.splitlines()[0])
     p.add_argument("run", help="training run folder (ldm train --out)")
     p.add_argument("weights", nargs="?", default=str(WEIGHTS_DIR))
-    p.add_argument("--task", action="append", choices=TASKS, help="only these tasks (default: all five)")
+    p.add_argument("--task", action="append", choices=TASK_NAMES, help="only these tasks (default: all five)")
     a = p.parse_args(argv)
     try:
-        done = install(Path(a.run), Path(a.weights), a.task or TASKS)
+        done = install(Path(a.run), Path(a.weights), a.task or TASK_NAMES)
     except UsageError as e:
         print(f"install: error: {e}", file=sys.stderr)
         return 2

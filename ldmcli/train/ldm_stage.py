@@ -7,16 +7,18 @@
   before the first step (over all processes) and stored in the model config.
 - The autoencoder is frozen, so each example's posterior (mean, std) is computed once for the whole pool; a step
   draws a fresh sample from it, which is what encoding the image every step would give.
-- Conditions are built exactly as the inference tasks build them (tasks/inpaint.py, tasks/superres.py, §6):
+- Conditions are built by the inference tasks' own builders (`CONDITIONS`; tasks/*.py, MODELS.md §6), on a batch:
     txt2img       c_crossattn = τθ(words tokens of the caption)
-    inpaint       c_concat = [nearest(hole) at latent size, scale·sample(E(x·(hole < 0.5)))], + text (SD style)
-    superres      c_concat = [low-res image in [−1, 1]] (bsr_sr, cond "identity")
+    inpaint       c_concat = inpaint.sd_condition: [nearest(hole) at latent size, scale·sample(E(x·(hole < 0.5)))],
+                  + text (SD style)
+    superres      c_concat = superres.bsr_condition: [low-res image in [−1, 1]] (bsr_sr, cond "identity")
     layout2img    c_crossattn = τθ(92 bbox tokens), the objects in a fresh random order each step
-    semantic2img  c_concat = [SpatialRescaler(one-hot class map)]
-- Condition dropout: with probability uncond_prob an example gets the unconditional condition the tasks use for
-  classifier-free guidance — the prompt "" (inpaint keeps its c_concat, as SD's unconditional branch does), the
-  empty layout (padding + crop tokens). superres and semantic2img are never dropped: their tasks sample without
-  guidance, as bsr_sr and the semantic-synthesis models do.
+    semantic2img  c_concat = semantic2img.semantic_condition: [SpatialRescaler(one-hot class map)]
+  The token sequences are built once for the pool by the tokenizer and ldmcli.io.layout, as the tasks build them.
+- Condition dropout: with probability uncond_prob an example's τθ input (c_crossattn) becomes the unconditional one
+  the tasks use for classifier-free guidance — the prompt "" (inpaint keeps its c_concat, as SD's unconditional
+  branch does), the empty layout (padding + crop tokens). The concat-only tasks (superres, semantic2img) have no τθ
+  input to drop: their tasks sample without guidance, as bsr_sr and the semantic-synthesis models do.
 - Inpainting holes: a quarter the whole image (SD: "in 25 % mask everything"), a quarter one object's box (world
   data), the rest 1-3 random rectangles of 15-50 % of the side.
 - Initialisation as the reference's `zero_module`s: the UNet's output conv, every ResBlock's last conv and every
@@ -25,7 +27,7 @@
   grid point (sin/cos of π·k·x and π·k·y, k = 1…width/4) plus a little noise, instead of independent random
   vectors: neighbouring points start with neighbouring embeddings, so what the model learns for one box corner
   carries over to the 8099 others (with independent vectors each point must be learned from the few hundred times
-  it is seen; cpu recipe, 6000 steps, `ldm eval --n 30`: layout IoU 0.670 against 0.129). Class ids (the first
+  it is seen; docs/RESULTS.md, "layout2img"). Class ids (the first
   len(labels) ids; they share ids with the grid's top row, told apart by position in the sequence) and padding
   keep the usual N(0, 1). Same architecture and checkpoint layout: only the starting values differ, and all of
   them are trained.
@@ -33,14 +35,16 @@
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldmcli.models.config import BERTConfig, ModelConfig
 from ldmcli.models.ldm import LatentDiffusion
+from ldmcli.tasks.inpaint import sd_condition
+from ldmcli.tasks.semantic2img import semantic_condition
+from ldmcli.tasks.superres import bsr_condition
 from ldmcli.train.data import Pool
 from ldmcli.train.losses import diffusion_loss, q_sample
 from ldmcli.train.recipes import LAYOUT_VOCAB
@@ -152,16 +156,36 @@ def shuffle_objects(tokens: torch.Tensor, generator: torch.Generator) -> torch.T
     return torch.cat([triples.gather(1, order).reshape(b, -1), tokens[:, -2:]], dim=1)
 
 
+# ---- conditions: the tasks' builders on a training batch ---------------------------------------------------
+# The τθ input of a batch (token ids [B, L]) for the tasks that have one; `generator` draws what varies per step.
+TOKENS: Dict[str, Callable[[dict, torch.Generator], torch.Tensor]] = {
+    "txt2img": lambda batch, generator: batch["tokens"],
+    "inpaint": lambda batch, generator: batch["tokens"],
+    "layout2img": lambda batch, generator: shuffle_objects(batch["layout"], generator),
+}
+
+
+@torch.no_grad()
+def _inpaint_concat(model: LatentDiffusion, batch: dict, generator: torch.Generator) -> dict:
+    return sd_condition(model, batch["image"], training_holes(batch, generator), generator=generator)
+
+
+# c_concat (and any other part that is never dropped) of a batch, per task
+CONCAT: Dict[str, Callable[[LatentDiffusion, dict, torch.Generator], dict]] = {
+    "inpaint": _inpaint_concat,
+    "superres": lambda model, batch, generator: bsr_condition(batch["lowres"]),
+    "semantic2img": lambda model, batch, generator: semantic_condition(model, batch["class_map"]),
+}
+
+
 class DiffusionObjective(nn.Module):
     """L_LDM for one task; `forward(batch, generator, step) -> (loss, metrics)`."""
 
-    def __init__(self, model: LatentDiffusion, uncond_prob: float, uncond_tokens: torch.Tensor = None):
+    def __init__(self, model: LatentDiffusion, uncond_prob: float, uncond_tokens: Optional[torch.Tensor] = None):
         super().__init__()
         self.ldm = model
         self.task = model.cfg.task
-        # superres and semantic2img are sampled without guidance (tasks/superres.py, tasks/semantic2img.py refuse
-        # a scale != 1), so their condition is never dropped
-        self.uncond_prob = 0.0 if self.task in ("superres", "semantic2img") else uncond_prob
+        self.uncond_prob = uncond_prob
         self.register_buffer("alphas_cumprod", model.alphas_cumprod.float(), persistent=False)
         self.register_buffer("uncond_tokens", uncond_tokens if uncond_tokens is not None else torch.zeros(0),
                              persistent=False)
@@ -188,30 +212,17 @@ class DiffusionObjective(nn.Module):
         return loss, {"loss": loss.detach()}
 
     def condition(self, batch: dict, drop: torch.Tensor, generator: torch.Generator) -> dict:
-        """c_concat / c_crossattn as the inference task builds them, with dropped examples unconditional."""
-        model, task = self.ldm, self.task
-        if task == "superres":
-            return {"c_concat": [batch["lowres"]]}
-        if task == "semantic2img":
-            k = model.cfg.cond_stage.in_channels
-            onehot = F.one_hot(batch["class_map"].long(), k)             # [B, H, W] -> [B, H, W, K]
-            onehot = onehot.permute(0, 3, 1, 2).float()                    # -> [B, K, H, W]
-            return {"c_concat": [model.get_learned_conditioning(onehot)]}
-        tokens = shuffle_objects(batch["layout"], generator) if task == "layout2img" else batch["tokens"]
-        tokens = torch.where(drop[:, None], self.uncond_tokens.expand_as(tokens), tokens)
-        cond = {"c_crossattn": [model.get_learned_conditioning(tokens)]}
-        if task == "inpaint":
-            cond["c_concat"] = self.inpaint_concat(batch, generator)
+        """c_crossattn / c_concat as the inference task builds them, the τθ input of dropped examples
+        unconditional."""
+        cond = {}
+        if self.task in TOKENS:
+            tokens = TOKENS[self.task](batch, generator)
+            tokens = torch.where(drop[:, None], self.uncond_tokens.expand_as(tokens), tokens)
+            cond["c_crossattn"] = [self.ldm.get_learned_conditioning(tokens)]
+        if self.task in CONCAT:
+            cond |= CONCAT[self.task](self.ldm, batch, generator)
         return cond
 
-    @torch.no_grad()
-    def inpaint_concat(self, batch: dict, generator: torch.Generator) -> list:
-        """SD inpainting: [nearest(hole), scale·sample(E(x with the hole set to 0))] (tasks/inpaint.sd_condition)."""
-        model = self.ldm
-        x = batch["image"]
-        hole = training_holes(batch, generator)
-        z_masked = model.encode_first_stage(x * (hole < 0.5), generator=generator)
-        return [F.interpolate(hole, size=z_masked.shape[-2:], mode="nearest"), z_masked]
 
-
-__all__ = ["build_ldm", "encode_pool", "latent_scale", "training_holes", "shuffle_objects", "DiffusionObjective"]
+__all__ = ["build_ldm", "encode_pool", "latent_scale", "training_holes", "shuffle_objects", "TOKENS", "CONCAT",
+           "DiffusionObjective"]

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from ldmcli.errors import LdmError, UsageError
+from ldmcli.io.atomic import atomic_write, write_bytes_atomic
+from ldmcli.loading import pick_device
 from ldmcli.train.data import Pool, batch_indices, mix_seed
 from ldmcli.train.recipes import StageSettings
 
@@ -58,26 +60,11 @@ class Distributed:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" → this process's CUDA device when there is one, else CPU; "cuda" → cuda:LOCAL_RANK under torchrun."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here")
-    return device
-
-
 def setup_distributed(device: str = "auto") -> Distributed:
     """One process per device under torchrun (WORLD_SIZE > 1): init the process group; else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if world <= 1:
         return Distributed(device=dev)
     import torch.distributed as dist
@@ -163,20 +150,13 @@ def read_state(path) -> Optional[dict]:
     return state
 
 
-def _write_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, str(tmp))
-    os.replace(tmp, path)      # atomic: a crash mid-write leaves the previous checkpoint intact
-
-
 def _trim_log(path: Path, stage: str, step: int) -> None:
     """On resume, drop this stage's records past the checkpoint (written after it by the interrupted run)."""
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip()
             and not (json.loads(line).get("stage") == stage and json.loads(line).get("step", 0) > step)]
-    path.write_text("".join(line + "\n" for line in kept))
+    write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------------
@@ -310,12 +290,13 @@ def _record(stage: str, step: int, window: Dict[str, list], s: StageSettings, se
 
 def save_state(path, parts: Dict[str, _Part], stage: str, step: int, s: StageSettings, extra: Optional[dict],
                dist: Distributed) -> None:
+    """Write the training state (rank 0) atomically: a crash mid-write leaves the previous checkpoint intact."""
     if dist.main:
-        _write_state(Path(path), {"format": STATE_FORMAT, "stage": stage, "step": step, "settings": asdict(s),
-                                  "extra": dict(extra or {}),
-                                  "objectives": {n: p.state_dict() for n, p in parts.items()}})
+        state = {"format": STATE_FORMAT, "stage": stage, "step": step, "settings": asdict(s),
+                 "extra": dict(extra or {}), "objectives": {n: p.state_dict() for n, p in parts.items()}}
+        atomic_write(path, lambda f: torch.save(state, f))
     barrier(dist)
 
 
-__all__ = ["Objective", "Distributed", "EMA", "setup_distributed", "teardown_distributed", "resolve_device",
+__all__ = ["Objective", "Distributed", "EMA", "setup_distributed", "teardown_distributed",
            "barrier", "lr_at", "frozen", "read_state", "save_state", "train_loop"]

@@ -7,7 +7,7 @@ perceptual term is replaced by a documented substitute that needs no weights:
 where ∇ are the horizontal and vertical finite differences: it rewards sharp, correctly placed edges, which an
 L1 loss alone under-weights (the blur that LPIPS penalises shows up as weak gradients); plus mse_weight · MSE,
 whose gradient grows with the error, so a missing object outweighs texture noise the autoencoder cannot
-reproduce (L1's gradient has the same size on every pixel; recipes.py has the measurement).
+reproduce (L1's gradient has the same size on every pixel; docs/RESULTS.md has the measurement).
   KL   = Σ over latent elements of ½(μ² + σ² − 1 − log σ²), per sample, divided by the number of image values
          (3·H·W), so kl_weight has the meaning of the reference's (whose sums are per sample, not per value);
   adv  = −mean D(x̂) (hinge generator loss), D a small PatchGAN discriminator trained with the hinge loss

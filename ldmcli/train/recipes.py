@@ -1,10 +1,10 @@
 """The five embedded default models and how they are trained: model configs and hyper-parameters per recipe.
 
 Two recipes. "cpu": 32 px images (8x8 latents), UNet + τθ of 1.1-2.3 M parameters, thousands of steps per
-stage, so the whole set trains in about 2¼ hours on two cores. "gpu": 64 px images (16x16 latents), 1.6-3.5 M
-parameters, tens of thousands of steps. Both use a 1.6 M-parameter autoencoder. The five exported files (each
-carrying its own fp16 copy of the autoencoder) stay under 50 MB together (cpu ≈ 32 MB, gpu ≈ 43 MB;
-`tests/test_train.py` checks the sum).
+stage, sized for two CPU cores. "gpu": 64 px images (16x16 latents), 1.6-3.5 M parameters, tens of thousands of
+steps. Both use a 1.6 M-parameter autoencoder. The five exported files (each carrying its own fp16 copy of the
+autoencoder) must stay under 50 MB together (`tests/test_train.py` checks the sum).
+Why each setting is what it is, with the measurements: docs/RESULTS.md.
 
 All models share one KL-f4 autoencoder (4 latent channels), trained first. The f4 factor is what the ×4
 super-resolution model needs (its latent has the low-res image's size, MODELS.md §6.6). Each model has the
@@ -20,8 +20,7 @@ Widths: every norm layer of the reference architectures is GroupNorm with 32 gro
 one channel, i.e. an instance norm that erases each channel's mean over the image: a decoder that ends in one
 cannot reproduce the colour of a flat background, and a UNet that ends in one can hardly set the per-channel
 mean of its prediction, which decides the colours it samples. So the autoencoder has 96 channels (3 per group)
-at every level and the UNets 64 (2 per group). On the shapes world a 32-channel autoencoder stayed at L1 ≈ 0.48
-after 200 steps, a 96-channel one reached 0.19 (0.08 with the narrow initial posterior of autoencoder_stage.py).
+at every level and the UNets 64 (2 per group) (docs/RESULTS.md, "First stage").
 
 Schedule: the LDM "linear" β schedule 0.0015 → 0.0195 (ᾱ_T ≈ 1.4e-4, §3.3), 1000 steps; v-prediction (see
 PARAMETERIZATION below for why not ε).
@@ -33,9 +32,10 @@ from typing import Dict, Optional, Tuple
 
 from ldmcli.models.config import (AutoencoderConfig, BERTConfig, ModelConfig, SpatialRescalerConfig, UNetConfig)
 from ldmcli.errors import UsageError
+from ldmcli.tasks import TASK_NAMES
 from ldmcli.world.vocab import COLOURS, SHAPES
 
-LDM_TASKS = ("txt2img", "inpaint", "superres", "layout2img", "semantic2img")
+LDM_TASKS = TASK_NAMES
 # The stages of `ldm train`, in training order. "decoder" fine-tunes the autoencoder's decoder with its encoder
 # frozen (as Stable Diffusion's ft-MSE/ft-EMA decoders do): the latents every LDM trains on are unchanged, so it only
 # sharpens what they decode; a recipe without a "decoder" stage skips it.
@@ -47,12 +47,9 @@ SEED_INDEX = {"autoencoder": 0, "txt2img": 1, "inpaint": 2, "superres": 3, "layo
 RECIPES = ("cpu", "gpu")
 
 # What the UNet predicts. The paper's L_LDM has εθ predict ε; the recipes use SD 2's v = √ᾱ·ε − √(1−ᾱ)·z0 instead
-# (ldm_stage trains either, every task samples either). On 8x8 latents of flat-coloured images the ε loss barely
-# rewards using the condition: what the caption or the low-res image decides (the colours) is the latent's mean,
-# which stays visible in z_t until t > 900, where ε-errors cost almost nothing. Measured with the cpu recipe:
-# ×4 super-resolution 10.9 dB (ε) vs 21.1 dB (v) PSNR after 400 steps (ε needs ~1600 steps for 20.9 dB); fitting
-# 8 captioned images for 300 steps, v's loss with shuffled captions is 40x its loss with the right ones at
-# t = 900, ε's is equal (the text is ignored). "eps" here gives the paper's objective.
+# (ldm_stage trains either, every task samples either): on 8x8 latents of flat-coloured images the ε loss barely
+# rewards using the condition, since the colours it decides stay visible in z_t until late t, where ε-errors cost
+# almost nothing (docs/RESULTS.md, "Parameterization"). "eps" here gives the paper's objective.
 PARAMETERIZATION = "v"
 
 LAYOUT_VOCAB = 8192        # bbox token vocabulary of the public layout2img model (MODELS.md §6.4)
@@ -104,12 +101,7 @@ class Recipe:
     ldm_pool_size: int = 0                  # world examples of the LDM stages (0: pool_size)
     # captions per world scene for the text stages (txt2img, inpaint): 1 keeps each scene's one caption; k > 1 adds
     # k - 1 captions with the attribute dropout drawn again (data.Pool), so bare prompts ("a red circle") are seen
-    # on k times as many scenes. A/B from the 18000-step txt2img state, 2000 more steps each: 4 variants drew nothing
-    # for 36 of 288 bare "a <colour> <shape>" prompts (12 colours x 6 shapes x seeds 0-3), 1 variant for 53; val
-    # n 150 alike (single colour 0.945 both, two-object colours 0.805 vs 0.820). The cpu recipe's txt2img trained
-    # from scratch with 4 (18000 steps) against 1: bare prompts empty 8 vs 53 of 288; val n 150 single colour 0.980
-    # vs 0.935, two-object colours 0.875 vs 0.815, position 0.971 vs 0.948, shape 0.300 vs 0.275. inpaint (eval n 150,
-    # same decoder) with 4 against 1: requested object in the hole 0.143 vs 0.162, hole PSNR 15.16 both.
+    # on k times as many scenes (docs/RESULTS.md, "txt2img", "inpaint")
     caption_variants: int = 1
 
 
@@ -175,19 +167,14 @@ def _models(z: Sizes) -> Dict[str, ModelConfig]:
     rescaler = SpatialRescalerConfig(n_stages=2, method="bilinear", multiplier=0.5, in_channels=len(WORLD_CLASSES),
                                      out_channels=4, bias=False)
     return {
-        # 35 DDIM steps: on the 9000-step model the same eval figures as 50 (`ldm eval --task txt2img --steps 35|50
-        # --n 30 --samples 4`: 0.975 / 0.075 / 0.725 / 0.852; 25 steps: two-object colours 0.700), and about 2 s end
-        # to end on 2 cores. Guidance 3: on val (`ldm eval --task txt2img --split val --n 150 --samples 4 --scale S`,
-        # caption-variant model, decoder stage) scale 3 / 5 / 7 gave single-object shape 0.330 / 0.385 / 0.320,
-        # two-object colours 0.885 / 0.835 / 0.825, position 0.973 / 0.945 / 0.929, all-object shape 0.337 / 0.342 /
-        # 0.307: 5 trades two-object colours for single-object shape, so 3 stays
+        # 35 DDIM steps: the same eval scores as 50, faster; guidance 3: higher scales trade two-object colours for
+        # single-object shape (docs/RESULTS.md, "Sampling defaults")
         "txt2img": ModelConfig("ldmcli-default-txt2img", "txt2img", _unet(4, context_dim=z.text_width, **cross),
                                fs, text, "crossattn", default_guidance=3.0, **dict(sched, default_steps=35)),
         "inpaint": ModelConfig("ldmcli-default-inpaint", "inpaint", _unet(9, context_dim=z.text_width, **cross),
                                fs, text, "hybrid", default_guidance=3.0, **sched),
-        # 20 DDIM steps with η = 1 (the reference LDM super-resolution sampler's η): on 100 val scenes x 2 seeds
-        # (`ldm eval --task superres --split val --n 100 --samples 2 --steps S --eta E`) PSNR over bicubic was
-        # +2.85 dB at 50 steps η 0, +3.05 at 50 η 1, +3.17 at 20 η 1, +3.06 at 10 η 1, +2.95 at 200 η 1
+        # 20 DDIM steps with η = 1 (the reference LDM super-resolution sampler's η): the best PSNR over bicubic on
+        # val among 10-200 steps and η 0 or 1 (docs/RESULTS.md, "Sampling defaults")
         "superres": ModelConfig("ldmcli-default-superres", "superres", _unet(7, **concat), fs, "identity", "concat",
                                 default_guidance=1.0, **dict(sched, default_steps=20, default_eta=1.0)),
         "layout2img": ModelConfig("ldmcli-default-layout2img", "layout2img",
@@ -209,44 +196,17 @@ GPU_SIZES = Sizes(image=64, ae_width=96, ae_res_blocks=0, width=64, mult=(1, 1, 
 
 
 def _cpu() -> Recipe:
-    # Steps per stage: what two CPU cores train in about 2¼ hours altogether (measured with these settings:
-    # autoencoder 15.5 min, decoder 19.5; txt2img 43.7, inpaint 16.8, superres 16, layout2img 16.6, semantic2img
-    # 8.4 min).
-    # Measured on the eval split (autoencoder PSNR over 32 eval scenes): with L1 + gradient loss alone the
-    # autoencoder drew no object smaller than a quarter of the image (19.9 dB after 300 steps, 22.1 dB after 1000):
-    # the L1 gradient has the same size on every pixel, so the noise textures it can never reproduce outweigh the
-    # few pixels of an object. Adding 5·MSE (gradient ∝ error: a missing object dominates) gave 23.8 dB after 300
-    # steps with the objects in place. 400 LDM steps learnt the background colour and nothing else, so the
-    # compositional task (text) gets the most steps; the LDM pool is 8192 scenes, so held-out captions are new
-    # combinations of words the model has seen, not a memorised list.
-    # The first stage bounds every shape score (`ldm eval --task autoencoder --ckpt autoencoder=RUN/autoencoder.
-    # safetensors --n 60`: its reconstructions of exact renders, read back): after 1600 steps 30.2 dB, shape 0.25,
-    # object pixels 0.28 on 60 eval scenes; after 4000 steps (these settings) 33.1 dB, 0.44, 0.54; one ResBlock per
-    # level at 1600 steps (11 min) 29.1 dB, 0.32, 0.31. Retraining the LDMs on the 4000-step first stage moved
-    # (`ldm eval --n 30 --samples 4`) two-object colours 0.55 -> 0.73, superres 28.3 -> 29.4 dB (8000 steps; 29.7
-    # after 16000), semantic object pixels 0.20 -> 0.31, inpaint hole PSNR 15.1 -> 15.6; single-object shape stayed
-    # at 0.08-0.10 (40 images): at 32 px even a 2x bicubic blur of the exact renders reads back 49 % of the shapes.
-    # Levers that did not lift that bound at 32 px (shapes read back from the first stage's reconstructions): 8
-    # latent channels instead of 4 (1600 steps, n 60: 30.15 dB, shape 0.241, object pixels 0.283 against 4
-    # channels' 30.2, 0.25, 0.28); 1000 more decoder steps from the shipped first stage with object pixels (dilated
-    # class map) weighted 9x in the loss (n 150: 35.19 dB, 0.469, 0.584; the same 1000 steps unweighted 35.23, 0.476,
-    # 0.597; shipped 35.71, 0.473, 0.599). What is lost goes with size: on 300 val scenes the shipped first stage keeps
-    # 62 % of the large shapes (8.5 px across), 38 % of the medium and 15 % of the small (4 px) ones.
-    # txt2img 9000 -> 18000 steps (`ldm eval --task txt2img --n 150 --samples 4`, eval split; val in brackets):
-    # single-object colour 0.855 -> 0.925 (0.865 -> 0.935), two-object colours 0.685 -> 0.810 (0.590 -> 0.815),
-    # position 0.862 -> 0.953 (0.838 -> 0.948), single-object shape 0.160 -> 0.175 (0.205 -> 0.275).
+    # Steps per stage: what two CPU cores train in a couple of hours altogether, most of them for the compositional
+    # task (text); the autoencoder's 5·MSE term keeps small objects, which L1 alone lets go; the LDM pool (8192
+    # scenes) is large enough that held-out captions are new combinations, not a memorised list (docs/RESULTS.md)
     ldm = StageSettings(steps=5000, batch_size=32, lr=1e-3, warmup=100, ema_decay=0.995, ckpt_every=500)
     models = _models(CPU_SIZES)
     return Recipe("cpu", image_size=CPU_SIZES.image, pool_size=2048, ldm_pool_size=8192, caption_variants=4,
                   autoencoder=models["txt2img"].first_stage, models=models,
                   stages={"autoencoder": StageSettings(steps=4000, batch_size=16, lr=1e-3, warmup=150, ckpt_every=400,
                                                        disc_weight=0.05, disc_start=2750, mse_weight=5.0),
-                          # encoder frozen, so the LDMs' latents stay as they are. 3000 steps of batch 32 on 8192
-                          # scenes (19.5 min); the shipped files' first stage (`ldm eval --task autoencoder --n 150`)
-                          # went from 33.09 dB, shape 0.411, object pixels 0.514 to 35.71 dB, 0.473, 0.599 (a trial
-                          # run: 34.2 dB after 500 steps, 35.4 after 2000), and the same LDMs decoded with it (`ldm
-                          # eval --n 150 --samples 4`): superres 30.00 -> 30.97 dB, txt2img single-object shape
-                          # 0.315 -> 0.345, semantic object pixels 0.275 -> 0.285, layout IoU 0.673 -> 0.666
+                          # encoder frozen, so the LDMs' latents stay as they are; it sharpens what they decode
+                          # (docs/RESULTS.md, "First stage")
                           "decoder": StageSettings(steps=3000, batch_size=32, lr=3e-4, warmup=100, ckpt_every=500,
                                                    mse_weight=5.0),
                           "txt2img": replace(ldm, steps=18000),
@@ -257,12 +217,7 @@ def _cpu() -> Recipe:
 
 
 def _gpu() -> Recipe:
-    # 64 px lifts the shape bound the cpu recipe stops at: the read-back keeps 86 % of the shapes after a 2x bicubic
-    # blur of the 64 px exact renders (49 % at 32 px), and this recipe's first stage trained with the cpu recipe's
-    # autoencoder settings and pool (batch 16, 2048 scenes; 1600 steps, 36 min on two CPU cores) reconstructs the
-    # eval scenes at 31.0 dB, shape 0.552, object pixels 0.651 (n 60; n 150: 31.1, 0.531, 0.649), where the 32 px
-    # one had 0.25 and 0.28 after 1600 steps (n 60) and has 0.473 and 0.599 shipped (7000 steps with the decoder
-    # stage). Unmeasured end to end: the LDM stages need a GPU.
+    # 64 px lifts the shape bound of the 32 px first stage (docs/RESULTS.md, "First stage"); the LDM stages need a GPU
     ldm = StageSettings(steps=40000, batch_size=128, lr=4e-4, warmup=1000, weight_decay=0.01, ema_decay=0.9999,
                         log_every=100, ckpt_every=2000)
     models = _models(GPU_SIZES)
@@ -281,6 +236,11 @@ def recipe(name: str) -> Recipe:
     return _cpu() if name == "cpu" else _gpu()
 
 
+def takes_text(cfg: ModelConfig) -> bool:
+    """Whether the model's τθ is the jointly trained words encoder, whose vocabulary comes from the data."""
+    return isinstance(cfg.cond_stage, BERTConfig) and cfg.cond_stage.tokenizer == "words"
+
+
 def model_config(rec: Recipe, task: str, vocab: Tuple[str, ...] = (), text_length: Optional[int] = None,
                  scale_factor: float = 1.0, version: str = "") -> ModelConfig:
     """The ModelConfig of `task` under `rec`, with the text vocabulary (txt2img, inpaint), the measured latent
@@ -289,7 +249,7 @@ def model_config(rec: Recipe, task: str, vocab: Tuple[str, ...] = (), text_lengt
         raise UsageError(f"unknown model task {task!r}; choose one of {', '.join(rec.models)}")
     cfg = rec.models[task]
     cs = cfg.cond_stage
-    if isinstance(cs, BERTConfig) and cs.tokenizer == "words":
+    if takes_text(cfg):
         if not vocab:
             raise UsageError(f"{task} needs the text vocabulary of its training data")
         cs = replace(cs, vocab=tuple(vocab), vocab_size=len(vocab), max_seq_len=text_length or rec.text_length)
@@ -319,4 +279,5 @@ def with_overrides(settings: StageSettings, steps: Optional[int] = None, batch_s
 
 
 __all__ = ["LDM_TASKS", "TASKS", "RECIPES", "WORLD_LABELS", "WORLD_CLASSES", "LAYOUT_VOCAB", "LAYOUT_LENGTH",
-           "StageSettings", "Sizes", "Recipe", "CPU_SIZES", "GPU_SIZES", "recipe", "model_config", "with_overrides"]
+           "StageSettings", "Sizes", "Recipe", "CPU_SIZES", "GPU_SIZES", "recipe", "takes_text", "model_config",
+           "with_overrides"]

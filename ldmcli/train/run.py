@@ -17,16 +17,19 @@ from typing import Dict, List, Optional
 import torch
 
 from ldmcli.errors import UsageError
+from ldmcli.models.config import BERTConfig
 from ldmcli.train import recipes as R
 from ldmcli.train.autoencoder_stage import (AUTOENCODER_FILE, DECODER_FILE, build_autoencoder, build_decoder_stage,
                                             load_autoencoder, save_autoencoder)
-from ldmcli.train.data import data_pool, folder_images, mix_seed, unconditional_layout, vocabulary
+from ldmcli.train.data import (TASK_FIELDS, WORLD_ONLY, data_pool, folder_images, mix_seed, unconditional_layout,
+                               vocabulary)
 from ldmcli.train.export import export_default, version_string
 from ldmcli.train.ldm_stage import DiffusionObjective, build_ldm, encode_pool, latent_scale
 from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setup_distributed, teardown_distributed,
                                train_loop)
 
-FOLDER_TASKS = ("autoencoder", "decoder", "txt2img", "inpaint", "superres")   # the others need the world's annotations
+# what folder data can train: the first stage, and the tasks that need none of the world's annotations
+FOLDER_TASKS = ("autoencoder", "decoder") + tuple(t for t in R.LDM_TASKS if not set(TASK_FIELDS[t]) & set(WORLD_ONLY))
 FOLDER_TEXT_LENGTH = 77
 FIRST_STAGE_FILES = {"autoencoder": AUTOENCODER_FILE, "decoder": DECODER_FILE}   # what each first-stage stage writes
 
@@ -161,8 +164,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     fs_path = first_stage_file(out, rec)
     fs_cfg, fs_sd = load_autoencoder(fs_path)
     text_length = rec.text_length if opts.data == "world" else FOLDER_TEXT_LENGTH
-    needs_text = task in ("txt2img", "inpaint")
-    cfg = R.model_config(rec, task, vocabulary(opts.data) if needs_text else (), text_length)
+    cfg = R.model_config(rec, task, vocabulary(opts.data) if R.takes_text(rec.models[task]) else (), text_length)
     if fs_cfg != cfg.first_stage:
         raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
     pool_size = rec.ldm_pool_size or rec.pool_size
@@ -171,13 +173,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
                      _workers(opts, dist), rec.caption_variants)
     torch.manual_seed(seed)
     model = build_ldm(cfg, fs_sd).to(dist.device)
-    uncond = None
-    if needs_text:
-        tokenizer = model.cond_stage_model.tokenizer = _words_tokenizer(cfg)
-        pool.tensors["tokens"] = tokenizer(pool.captions)
-        uncond = tokenizer([""])
-    elif task == "layout2img":
-        uncond = torch.from_numpy(unconditional_layout())[None]
+    uncond = _tokenize(model, pool)
     encode_pool(model, pool, dist.device)
     scale = float(state["extra"]["scale_factor"]) if state else latent_scale(pool, seed, dist)
     model.scale_factor = scale
@@ -208,9 +204,18 @@ def _provenance(path: Path) -> str:
     return version.split(" train ", 1)[1] if version.startswith("ldmcli ") and " train " in version else version
 
 
-def _words_tokenizer(cfg):
-    from ldmcli.tokenizers import tokenizer_for
-    return tokenizer_for(cfg.cond_stage)
+def _tokenize(model, pool) -> Optional[torch.Tensor]:
+    """Tokenize the pool's captions once (a words encoder) and return the unconditional τθ input for condition
+    dropout: the tokens of the prompt "", or the empty layout (a layout encoder); None for concat-only models."""
+    cs = model.cfg.cond_stage
+    if R.takes_text(model.cfg):
+        from ldmcli.tokenizers import tokenizer_for
+        tokenizer = model.cond_stage_model.tokenizer = tokenizer_for(cs)
+        pool.tensors["tokens"] = tokenizer(pool.captions)
+        return tokenizer([""])
+    if isinstance(cs, BERTConfig):      # tokenizer "none": the layout's bbox tokens
+        return torch.from_numpy(unconditional_layout())[None]
+    return None
 
 
 def _line(record: dict) -> str:

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from .render import polygon_coverage
-from .scenes import UNIT_POLYGONS, cell_of, half_extent, polygon_moments
-from .vocab import COLOUR_RGB, COLOURS, GRID, POSITIONS, SHAPES, SIZE_RADIUS, SIZES
+from .scenes import UNIT_POLYGONS, Placed, cell_of, half_extent, polygon_moments
+from .vocab import COLOUR_RGB, COLOURS, GRID, SHAPES, SIZE_RADIUS, SIZES
 
 FG_THRESHOLD = 40.0      # RGB distance from the background plane (palette pairs are >= ~70 apart)
 MIN_AREA_SHARE = 0.5     # components under this share of the smallest object the world draws are noise
@@ -36,7 +36,7 @@ _SMALLEST = min(m[0] for m in _UNIT_MOMENTS.values()) * (SIZE_RADIUS[0] / GRID) 
 
 
 @dataclass(frozen=True)
-class Detected:
+class Detected(Placed):
     """One object read back. `box` (x0, y0, x1, y1) and `centroid` (x, y) are in pixels; `fit` is the
     normalised L1 mismatch of the chosen outline (0 = perfect); `scores` that of every shape."""
     colour: str
@@ -50,14 +50,6 @@ class Detected:
     fit: float
     image_size: Tuple[int, int]  # (width, height)
     scores: Tuple[float, ...] = ()
-
-    @property
-    def label(self) -> str:
-        return f"{self.colour} {self.shape}"
-
-    @property
-    def position(self) -> str:
-        return POSITIONS[self.cell]
 
     @property
     def box01(self) -> Tuple[float, float, float, float]:

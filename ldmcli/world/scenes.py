@@ -33,14 +33,8 @@ CELL_MARGIN = 0.06  # gap kept between a shape and its cell's edge, as a fractio
 Box = Tuple[float, float, float, float]
 
 
-@dataclass(frozen=True)
-class Obj:
-    """One shape: `cell` indexes `POSITIONS` (row-major), `box` is (x0, y0, x1, y1) in 0-1 image coordinates."""
-    shape: str
-    colour: str
-    size: str
-    cell: int
-    box: Box
+class Placed:
+    """The names of an object with a `colour`, a `shape` and a grid `cell` (drawn, or read back from an image)."""
 
     @property
     def label(self) -> str:
@@ -49,6 +43,16 @@ class Obj:
     @property
     def position(self) -> str:
         return POSITIONS[self.cell]
+
+
+@dataclass(frozen=True)
+class Obj(Placed):
+    """One shape: `cell` indexes `POSITIONS` (row-major), `box` is (x0, y0, x1, y1) in 0-1 image coordinates."""
+    shape: str
+    colour: str
+    size: str
+    cell: int
+    box: Box
 
 
 @dataclass(frozen=True)

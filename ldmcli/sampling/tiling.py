@@ -1,19 +1,66 @@
-"""Tiled first-stage decode/encode: overlapping tiles blended with normalised linear ramps, so no seams show.
+"""Tiling: the UNet and the first stage run on overlapping tiles whose outputs are blended with smooth weights.
 
-Same idea as the reference's `split_input_params` fold/unfold weighting (MODELS.md §9.7): each tile's output is
-weighted by a ramp that falls towards its inner borders, and the weights are normalised to sum to 1 everywhere.
-Tiles sit on the latent grid, so encode tiles start at multiples of the downsampling factor. GroupNorm statistics and
-attention are per tile, so results differ slightly from the untiled pass; a tile covering the whole input returns
-exactly `fn(input)`.
+Sampling (MultiDiffusion, Bar-Tal et al. 2023; the reference's patch-wise `split_input_params` sampling, MODELS.md
+§9.7): at each step the denoiser runs on tiles of the latent (with the matching crop of every `c_concat` map, which
+has the latent's spatial size) and the tile outputs are averaged with weights that sum to one everywhere:
+    out(p) = Σ_i w_i(p) · εθ(crop_i(x_t), t, crop_i(c_concat))(p),   Σ_i w_i(p) = 1.
+`tiled(apply_model, tiling)` is that denoiser, a wrapper of the model's `apply_model`. Text context and `y` are
+not spatial and go to every tile unchanged. Units are latent cells.
+
+First stage (`decode_tiled`, `encode_tiled`): the same blend on image or latent tiles. Tiles sit on the latent
+grid, so encode tiles start at multiples of the downsampling factor.
+
+The weights ramp linearly across each overlap (`blend_plan`) and are normalised, so neighbouring tiles agree and
+no seam forms; one tile covering the whole input gives exactly the untiled output (its weight is exactly 1).
+GroupNorm statistics and attention are per tile, so results differ slightly from an untiled pass.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ldmcli.models.autoencoder import DiagonalGaussian
+
+@dataclass(frozen=True)
+class Tiling:
+    """Latent tile side and the overlap neighbouring tiles share at least, both in latent cells (planned for a
+    model and a latent size by `tasks.geometry.plan_tiling`)."""
+    tile: int
+    overlap: int
+
+
+def tiled_apply(apply_model: Callable, x: torch.Tensor, t: torch.Tensor, c_concat: Optional[Sequence[torch.Tensor]],
+                c_crossattn: Optional[Sequence[torch.Tensor]], y: Optional[torch.Tensor],
+                tiling: Tiling) -> torch.Tensor:
+    """MultiDiffusion step: Σ_i w_i·εθ(crop_i(x), t, crop_i(c_concat)) with the weights of the module docstring."""
+    height, width = x.shape[-2:]
+    for c in c_concat or ():
+        if c.shape[-2:] != (height, width):
+            raise ValueError(f"c_concat map {tuple(c.shape[-2:])} does not match the latent {(height, width)}")
+    rows = blend_plan(height, tiling.tile, tiling.overlap, 1)
+    cols = blend_plan(width, tiling.tile, tiling.overlap, 1)
+    out = None
+    for y0, wy in rows:
+        for x0, wx in cols:
+            window = (..., slice(y0, y0 + len(wy)), slice(x0, x0 + len(wx)))
+            crops: List[torch.Tensor] = [c[window] for c in c_concat or ()]
+            pred = apply_model(x[window], t, crops or None, c_crossattn, y)
+            if out is None:
+                out = torch.zeros(*pred.shape[:-2], height, width, dtype=pred.dtype, device=pred.device)
+            out[window] += pred * (wy[:, None] * wx[None, :]).to(pred.device, pred.dtype)  # [th, tw]
+    return out
+
+
+def tiled(apply_model: Callable, tiling: Optional[Tiling]) -> Callable:
+    """`apply_model(x, t, c_concat, c_crossattn, y)` run by tiles (`tiled_apply`); itself when tiling is None."""
+    if tiling is None:
+        return apply_model
+
+    def apply(x, t, c_concat=None, c_crossattn=None, y=None):
+        return tiled_apply(apply_model, x, t, c_concat, c_crossattn, y, tiling)
+    return apply
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> List[int]:
@@ -90,21 +137,23 @@ def decode_tiled(decode_fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Ten
 def encode_tiled(encode_fn: Callable, x: torch.Tensor, tile: int, overlap: int, factor: int):
     """E(x) by image tiles of `tile` pixels sharing `overlap` pixels (both rounded to the `factor` grid).
 
-    `encode_fn` may return a tensor (VQ pre-quantisation latent) or a `DiagonalGaussian` (KL); for the latter the
-    posterior parameters (mean, logvar) are blended and a `DiagonalGaussian` is returned.
+    `encode_fn` may return a tensor (VQ pre-quantisation latent) or a posterior with a `parameters` tensor and a
+    constructor from it (the KL `DiagonalGaussian`); for the latter the posterior parameters (mean, logvar) are
+    blended and a posterior of the same class is returned.
     """
-    gaussian = False
+    posterior = None
 
     def run(crop: torch.Tensor) -> torch.Tensor:
-        nonlocal gaussian
+        nonlocal posterior
         out = encode_fn(crop)
-        if isinstance(out, DiagonalGaussian):
-            gaussian = True
-            return out.parameters
-        return out
+        if isinstance(out, torch.Tensor):
+            return out
+        posterior = type(out)
+        return out.parameters
 
     h = _tiled(run, x, tile, overlap, factor, 1)
-    return DiagonalGaussian(h) if gaussian else h
+    return h if posterior is None else posterior(h)
 
 
-__all__ = ["tile_starts", "blend_plan", "decode_tiled", "encode_tiled"]
+__all__ = ["Tiling", "tiled_apply", "tiled", "tile_starts", "blend_plan", "decode_tiled",
+           "encode_tiled"]

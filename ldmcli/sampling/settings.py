@@ -1,0 +1,50 @@
+"""The sampling knobs every subcommand shares, and their resolution against a model family's defaults.
+
+No torch here: the CLI builds and checks settings before a model loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ldmcli.errors import UsageError
+from ldmcli.sampling.table import check_sampler, sampler_spec
+
+NOISE_DEVICES = ("auto", "cpu")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampling knobs shared by every subcommand; None means "the model family's reference default"."""
+    sampler: str = "ddim"
+    steps: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    eta: Optional[float] = None
+    karras: bool = False
+    noise_device: Optional[str] = None   # "cpu": noise drawn on the CPU, identical across devices; "auto"/None: the
+                                         # model's device
+    # the config these settings were resolved against: resolving again for it is free (the runner resolves once,
+    # the task and the pipeline get the same object back)
+    resolved_for: Optional[object] = field(default=None, compare=False, repr=False)
+
+    def resolved(self, cfg) -> "SamplerSettings":
+        """Every None replaced by the family's default (`cfg`: a ModelConfig), and every value checked."""
+        if self.resolved_for is cfg:
+            return self
+        sampler_spec(self.sampler)
+        steps = cfg.default_steps if self.steps is None else self.steps
+        if not 1 <= steps <= cfg.timesteps:
+            raise UsageError(f"--steps must be between 1 and {cfg.timesteps}, got {steps}")
+        # the family's default η is a DDIM setting (e.g. η=1 for the LDM super-resolution helper); other
+        # samplers get η only when the user passes one (PLMS then refuses a non-zero value)
+        eta = self.eta if self.eta is not None else (cfg.default_eta if self.sampler == "ddim" else 0.0)
+        if self.noise_device not in (None, *NOISE_DEVICES):
+            raise UsageError(f"--noise-device must be auto or cpu, got {self.noise_device!r}")
+        check_sampler(self.sampler, eta, self.karras)
+        return SamplerSettings(self.sampler, steps,
+                               cfg.default_guidance if self.guidance_scale is None else self.guidance_scale,
+                               eta, self.karras, None if self.noise_device == "auto" else self.noise_device,
+                               resolved_for=cfg)
+
+
+__all__ = ["SamplerSettings", "NOISE_DEVICES"]
