@@ -13,6 +13,8 @@ install:
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q torch
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps "open_clip_torch>=2.20"
+	@echo "first image, from the embedded default txt2img model:"
+	$(BIN)/ldm txt2img "a red circle" -o outputs/first-run.png
 
 # `make test` skips the tests marked slow or gpu (pyproject's addopts); `make test-all` runs every test.
 test:

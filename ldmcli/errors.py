@@ -1,6 +1,9 @@
 """Errors that the CLI turns into one line on stderr and a documented exit code.
 
-Exit codes: 0 success, 1 runtime failure, 2 bad input or usage, 3 partial batch failure, 130 interrupted.
+Exit codes: 0 success, 1 runtime failure, 2 bad input or usage, 3 partial batch failure, 130 interrupted (SIGINT,
+Ctrl-C), 141 stdout closed by its reader (`ldm ... | head -n 1`: the batch stops), 143 terminated (SIGTERM). The
+last three are what a shell reports for a process killed by SIGINT, SIGPIPE and SIGTERM (128 + the signal), so a
+script's `$?` reads the same whether ldm stopped cleanly or was killed; finished images are kept in all three.
 """
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+EXIT_TERMINATED = 143
 
 
 class LdmError(Exception):
@@ -27,6 +32,12 @@ class CheckpointError(UsageError):
 
 class InputError(UsageError):
     """An input image, mask, layout or map that cannot be used."""
+
+
+class OutputClosed(BrokenPipeError):
+    """stdout's reader went away (`ldm ... | head -n 1`). Not an LdmError, so no per-job handler takes it for a
+    failed job: the batch stops, the images written stay, and the CLI exits EXIT_BROKEN_PIPE."""
+    exit_code = EXIT_BROKEN_PIPE
 
 
 def one_line(message, limit: int = 0) -> str:

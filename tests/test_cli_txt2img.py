@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
-import zipfile
 
 import torch
 from PIL import Image

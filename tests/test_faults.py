@@ -6,9 +6,11 @@ Every case states its exit code and checks the scripting contract:
 - nothing partial or lost: the output directory holds only complete, readable PNGs (no temp files), as many as
   expected; a PNG there before (`keep.png`, or the target itself under --overwrite) is unchanged; nothing is
   written anywhere else.
-`CASE_IDS` names every case (the table's and the SIGINT one): count them without running anything with
-`python -c "import sys; sys.path[:0] = ['tests']; import test_faults as t; print(len(t.CASE_IDS))"`. A run ends
-with a summary line: cases tried / passed / partial files / files lost.
+Cases that must be refused before the model loads carry the `no_load` patch (loading fails the test).
+`CASE_IDS` names every case (the table's and the SIGINT one) and `GROUPS` its class: checkpoints,
+images/masks/maps, layouts/palettes, job files, faults/signals/pipes, numeric options. A run ends with a summary
+per class and in total: tried, clean one-line errors with the right code, tracebacks, partial or temp files left,
+writes outside the output folder, finished outputs lost.
 
 Decision recorded here: an empty or blank prompt is refused for txt2img (exit 2), not taken as "unconditional":
 in a pipeline it is nearly always an unset variable or an empty column, and 1000 unconditional images are an
@@ -16,8 +18,6 @@ expensive way to find out. Inpainting keeps an empty prompt (the text is optiona
 """
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
 import random
@@ -26,37 +26,49 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import ldmcli.sampling.memory as memory
-from ldmcli.loading.checkpoint import save_safetensors
 from ldmcli.cli.app import app
+from fault_inputs import (FIRST_RUN, Ctx, colour_map, deep_yaml, disk_full, env, evil_ckpt, fifo, header_config, nan_unet,
+                          big_machine, no_load, no_marker, no_tensors, png_bytes, png_header_only, replayable, small_machine,
+                          unet_only, zip_ckpt)
 from test_fuzz import tiff
-from tiny import SD1_TINY, compvis_state_dict, tiny_model
 
-RESULTS: dict = {}   # case id -> {"passed": bool, "partial": int, "lost": int}
+RESULTS: dict = {}   # case id -> the figures of `_seen`, and "clean": a clean result with the right code
 SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+FIGURES = ("clean", "traceback", "partial", "outside", "lost")
+
+
+def summary_lines() -> list:
+    """One line per class and one in total: tried, clean (one line, right code), and the four counts that
+    must be 0."""
+    lines = []
+    for group in ("checkpoints", "images/masks/maps", "layouts/palettes", "job files", "faults/signals/pipes",
+                  "numeric options", None):
+        rows = [r for case, r in RESULTS.items() if group is None or GROUPS[case] == group]
+        cases = [c for c in CASE_IDS if group is None or GROUPS[c] == group]
+        sums = [sum(r[k] for r in rows) for k in FIGURES]
+        lines.append("{:<21} {} of {} tried, {} clean one-line errors or successes with the right code, {} "
+                     "tracebacks, {} partial or temp files, {} writes outside the output folder, {} finished outputs "
+                     "lost".format(group or "total", len(rows), len(cases), *sums))
+    return lines
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread_and_summary(request, one_thread):
     yield
-    totals = [len(RESULTS)] + [sum(r[k] for r in RESULTS.values()) for k in ("passed", "partial", "lost")]
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
-            reporter.write_line("\nfault suite: {} of {} cases tried, {} passed, {} partial files, {} files lost"
-                                .format(totals[0], len(CASE_IDS), *totals[1:]))
+            reporter.write_line("\nfault suite:\n" + "\n".join(summary_lines()))
 
 
 @pytest.fixture
@@ -66,127 +78,6 @@ def ctx(tmp_path, sd1_file):
     c.out.mkdir()
     (c.out / "keep.png").write_bytes(c.keep)
     return c
-
-
-# --- inputs ---------------------------------------------------------------------------------------------------------
-def png_bytes(seed: int = 0, side: int = 16) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-FIRST_RUN = "<first run>"
-
-
-@dataclass
-class Ctx:
-    tmp: Path
-    inp: Path      # inputs are made here
-    out: Path      # outputs go here (holds keep.png beforehand)
-    ckpt: Path
-    keep: bytes    # keep.png's bytes
-
-    def file(self, name: str, data: bytes) -> Path:
-        (self.inp / name).write_bytes(data)
-        return self.inp / name
-
-    def image(self, name: str = "img.png", mode: str = "RGB", size=(16, 16), fmt=None, **kw) -> Path:
-        rng, shape = np.random.default_rng(len(name)), (size[1], size[0])
-        if mode == "I;16":
-            img = Image.fromarray(rng.integers(0, 65536, shape, dtype=np.uint16))
-        elif mode == "F":
-            img = Image.fromarray(rng.random(shape, dtype=np.float32) * 255)
-        else:
-            img = Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).convert(mode)
-        img.save(self.inp / name, format=fmt, **kw)
-        return self.inp / name
-
-    def mask(self, name: str = "mask.png", size=(16, 16), mode: str = "L") -> Path:
-        m = np.zeros((size[1], size[0]), np.uint8)
-        m[size[1] // 4: 3 * size[1] // 4, size[0] // 4: 3 * size[0] // 4] = 255
-        Image.fromarray(m).convert(mode).save(self.inp / name)
-        return self.inp / name
-
-    def t2i(self, *more) -> list:
-        return ["txt2img", "a red circle", "--ckpt", self.ckpt, "--steps", 2, "-o", self.out, *more]
-
-    def jobs(self, text, *more, name: str = "jobs.txt") -> list:
-        data = text.encode("utf-8") if isinstance(text, str) else text
-        return ["txt2img", "--from-file", self.file(name, data), "--ckpt", self.ckpt, "--steps", 2, "-o", self.out,
-                *more]
-
-    def inpaint(self, image, mask, *more) -> list:
-        args = ["inpaint", image, "a cat", "--ckpt", self.ckpt, "--steps", 2, "-o", self.out, *more]
-        return args + (["--mask", mask] if mask is not None else [])
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b""))
-
-
-class Evil:
-    """Unpickling this runs `touch MARKER`: the loader must refuse before anything runs."""
-    marker = ""
-
-    def __reduce__(self):
-        return (subprocess.call, (["touch", Evil.marker],))
-
-
-def evil_ckpt(ctx: Ctx, zip_format: bool) -> Path:
-    Evil.marker = str(ctx.tmp / "PWNED")
-    p = ctx.inp / ("evil.ckpt" if zip_format else "evil-legacy.ckpt")
-    torch.save({"state_dict": {"a": torch.zeros(1)}, "payload": Evil()}, p, _use_new_zipfile_serialization=zip_format)
-    return p
-
-
-def no_marker(ctx):
-    assert not (ctx.tmp / "PWNED").exists(), "the pickle's code ran"
-
-
-def unet_only(ctx: Ctx) -> Path:
-    sd = compvis_state_dict(tiny_model(SD1_TINY))
-    prefix = "model.diffusion_model."
-    save_safetensors({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, ctx.inp / "unet.safetensors")
-    return ctx.inp / "unet.safetensors"
-
-
-def zip_ckpt(ctx: Ctx, keep: float) -> Path:
-    """A Lightning-style .ckpt of the tiny model, cut to `keep` of its bytes."""
-    p = ctx.inp / "model.ckpt"
-    torch.save({"state_dict": compvis_state_dict(tiny_model(SD1_TINY, seed=5))}, p)
-    p.write_bytes(p.read_bytes()[:int(p.stat().st_size * keep)])
-    return p
-
-
-# --- faults injected by monkeypatching ---------------------------------------------------------------------------
-def disk_full(after_images: int = 0):
-    """Image.save writes 64 bytes of the PNG and then finds the disk full (after `after_images` good saves)."""
-    def patch(ctx, mp):
-        real, state = Image.Image.save, {"n": 0}
-
-        def save(self, fp, *args, **kwargs):
-            state["n"] += 1
-            if state["n"] <= after_images:
-                return real(self, fp, *args, **kwargs)
-            buf = io.BytesIO()
-            real(self, buf, *args, **kwargs)
-            fp.write(buf.getvalue()[:64])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        mp.setattr(Image.Image, "save", save)
-    return patch
-
-
-def small_machine(ctx, mp):
-    mp.setattr(memory, "available_memory", lambda device: (24 * 2**30, "this machine has 24.0 GiB of RAM"))
-
-
-def nan_unet(ctx, mp):
-    from ldmcli.models.ldm import LatentDiffusion
-    real = LatentDiffusion.apply_model
-    mp.setattr(LatentDiffusion, "apply_model", lambda self, x, t, *a, **k: real(self, x, t, *a, **k) * float("nan"))
 
 
 # --- the table ------------------------------------------------------------------------------------------------------
@@ -231,7 +122,8 @@ CASES = [
     Case("image-mode-palette-alpha", lambda c: c.inpaint(c.image("x.png", "P", transparency=0), c.mask()), 0, pngs=1),
     Case("image-odd-size-17x13", lambda c: c.inpaint(c.image(size=(17, 13)), c.mask(size=(17, 13))), 0, pngs=1),
     # masks
-    Case("mask-wrong-aspect", lambda c: c.inpaint(c.image(), c.mask(size=(16, 8))), 2, "does not fit"),
+    Case("mask-wrong-aspect", lambda c: c.inpaint(c.image(), c.mask(size=(16, 8))), 2, "does not fit",
+         patch=no_load),
     Case("mask-same-aspect-other-size", lambda c: c.inpaint(c.image(), c.mask(size=(32, 32))), 0, pngs=1),
     Case("mask-rgba", lambda c: c.inpaint(c.image(), c.mask(mode="RGBA")), 0, pngs=1),
     Case("mask-truncated", lambda c: c.inpaint(c.image(), c.file("m.png", png_bytes()[:200])), 2, "mask "),
@@ -273,7 +165,8 @@ CASES = [
     Case("jobs-one-bad-of-two", lambda c: c.jobs(_jsonl({"prompt": "a"}, {"prompt": "b", "steps": 5000})), 3,
          "job 2: --steps must be between", pngs=1),
     Case("jobs-name-path-traversal", lambda c: c.jobs(_jsonl({"prompt": "a", "name": "../../escape"})), 0, pngs=1),
-    Case("jobs-huge-height", lambda c: c.jobs(_jsonl({"prompt": "a", "height": 10**6})), 2, "px limit"),
+    Case("jobs-huge-height", lambda c: c.jobs(_jsonl({"prompt": "a", "height": 10**6})), 2, "px limit",
+         patch=no_load),
     # prompts
     Case("prompt-empty", lambda c: ["txt2img", "", "--ckpt", c.ckpt, "-o", c.out], 2, "txt2img needs a prompt"),
     Case("prompt-blank", lambda c: ["txt2img", "  \t ", "--ckpt", c.ckpt, "-o", c.out], 2, "needs a prompt"),
@@ -284,7 +177,8 @@ CASES = [
                                                     "--steps", 2, "-o", c.out], 0, pngs=1),
     # sizes
     Case("size-huge-16384", lambda c: c.t2i("-H", 16384, "-W", 16384), 2, "needs about", patch=small_machine),
-    Case("size-over-cap", lambda c: c.t2i("-H", 32768), 2, "--height 32768 is over the 16384 px limit"),
+    Case("size-over-cap", lambda c: c.t2i("-H", 32768), 2, "--height 32768 is over the 16384 px limit",
+         patch=no_load),
     Case("size-not-multiple", lambda c: c.t2i("-W", 18), 2, "--width must be a positive multiple of 4"),
     Case("size-zero", lambda c: c.t2i("-H", 0), 2, "--height must be positive, got 0"),
     Case("size-negative", lambda c: c.t2i("-H", -16), 2, "--height must be positive, got -16"),
@@ -299,7 +193,7 @@ CASES = [
     Case("stdout-several-images", lambda c: c.t2i("-n", 2, "-o", "-"), 2, "writes one PNG"),
     # options
     Case("bad-sampler", lambda c: c.t2i("--sampler", "magic"), 2, "unknown sampler 'magic'"),
-    Case("steps-zero", lambda c: c.t2i("--steps", 0), 2, "--steps must be between"),
+    Case("steps-zero", lambda c: c.t2i("--steps", 0), 2, "--steps must be at least 1", patch=no_load),
     Case("bad-dtype", lambda c: c.t2i("--dtype", "float8"), 2, "unknown --dtype"),
     Case("fp16-on-cpu", lambda c: c.t2i("--dtype", "float16", "--device", "cpu"), 2, "not supported on CPU"),
     Case("bad-device", lambda c: c.t2i("--device", "quantum"), 2, "unknown --device"),
@@ -307,17 +201,108 @@ CASES = [
     # numerics: a NaN-producing UNet must not leave a black or garbage PNG behind
     Case("nan-latents", lambda c: c.t2i(), 1, "NaN/Inf", patch=nan_unet),
 ]
+BIG = "1" * 5000     # a 5,000-digit number: int() refuses more than 4,300 digits with a ValueError
+CASES += [
+    # checkpoints and configs that are not what they say
+    Case("ckpt-dev-zero", lambda c: c.t2i("--ckpt", "/dev/zero"), 2, "is a device", patch=no_load),
+    Case("ckpt-fifo", lambda c: c.t2i("--ckpt", fifo(c, "m.ckpt")), 2, "is a FIFO", patch=no_load),
+    Case("ckpt-header-config-not-json", lambda c: c.t2i("--ckpt", header_config(c, "{nope")), 2, "is not JSON"),
+    Case("ckpt-header-config-not-object", lambda c: c.t2i("--ckpt", header_config(c, "[1, 2]")), 2,
+         "a list, not an object"),
+    Case("ckpt-header-config-wrong-type", lambda c: c.t2i("--ckpt", header_config(c, {"channel_mult": "wide"})),
+         2, "unet.channel_mult"),
+    Case("ckpt-header-config-negative", lambda c: c.t2i("--ckpt", header_config(c, {"model_channels": -8})), 2,
+         "unet.model_channels"),
+    Case("ckpt-header-config-zero-heads", lambda c: c.t2i("--ckpt", header_config(c, {"num_heads": 0})), 2,
+         "does not describe a buildable model"),
+    Case("ckpt-no-tensors", lambda c: c.t2i("--ckpt", no_tensors(c)), 2, "holds no tensors"),
+    Case("config-yaml-nested-deep", lambda c: c.t2i("--config", deep_yaml(c)), 2, "config"),
+    Case("config-fifo", lambda c: c.t2i("--config", fifo(c, "c.yaml")), 2, "is a FIFO", patch=no_load),
+    # images, masks and maps refused from their headers, before the model loads
+    Case("mask-wrong-aspect-large", lambda c: c.inpaint(c.image(size=(64, 64)), c.mask(size=(64, 16))), 2,
+         "another aspect ratio", patch=no_load),
+    Case("segmap-bomb-header", lambda c: ["semantic2img", c.file("s.png", png_header_only(90000, 90000)),
+                                          "-o", c.out], 2, "90000x90000 pixels", patch=no_load),
+    Case("image-bomb-header-early", lambda c: c.inpaint(c.file("x.png", png_header_only(100000, 100000)),
+                                                        c.mask()), 2, "100000x100000", patch=no_load),
+    # layouts and palettes
+    Case("layout-5000-digit-label", lambda c: ["layout2img", "--box", f"{BIG} 0 0 1 1", "-o", c.out], 2,
+         "is out of range", patch=no_load),
+    Case("layout-empty-box", lambda c: ["layout2img", "--box", "cat 0.5 0.5 0.2 0.9", "-o", c.out], 2, "is empty",
+         patch=no_load),
+    Case("layout-bad-json", lambda c: ["layout2img", c.file("l.json", b"[{"), "-o", c.out], 2, "invalid JSON",
+         patch=no_load),
+    Case("layout-negative-box", lambda c: ["layout2img", "--box", "1 -5 0 10 10", "-o", c.out], 2,
+         "negative coordinate", patch=no_load),
+    Case("layout-batch-big-label-then-good",
+         lambda c: ["layout2img", "--from-file", c.file("j.jsonl", _jsonl({"extra": {"boxes": [f"{BIG} 0 0 1 1"]}},
+                                                                          {"extra": {"boxes": ["1 0 0 1 1"]}}).encode()),
+                    "--steps", 2, "-o", c.out], 3, "job 1:", pngs=1),
+    Case("palette-bad-colour", lambda c: ["semantic2img", colour_map(c), "--palette", c.file("p.txt", b"1 300 0 0"),
+                                          "-o", c.out], 2, "integers 0-255", patch=no_load),
+    Case("palette-5000-digit-label", lambda c: ["semantic2img", colour_map(c), "--palette",
+                                                c.file("p.txt", f"{BIG} 10 20 30".encode()), "-o", c.out], 2,
+         "out of range"),
+    Case("palette-empty", lambda c: ["semantic2img", colour_map(c), "--palette", c.file("p.txt", b"# none\n"),
+                                     "-o", c.out], 2, "empty palette", patch=no_load),
+    # job files and replay records
+    Case("jobs-n-samples-billion", lambda c: c.jobs(_jsonl({"prompt": "a", "n_samples": 10**9})), 2,
+         "at most 10000 images per job", patch=no_load),
+    Case("replay-missing-steps", lambda c: ["replay", replayable(c, steps=None), "-o", c.out], 2, "lacks 'steps'",
+         patch=no_load),
+    Case("replay-seed-a-string", lambda c: ["replay", replayable(c, seed="x"), "-o", c.out], 2, "'seed'",
+         patch=no_load),
+    Case("replay-record-a-list", lambda c: ["replay", replayable(c, task=["txt2img"]), "-o", c.out], 2, "'task'",
+         patch=no_load),
+    Case("replay-unknown-task", lambda c: ["replay", replayable(c, task="img2video"), "-o", c.out], 2,
+         "names the task", patch=no_load),
+    Case("replay-eta-out-of-range", lambda c: ["replay", replayable(c, eta=2.5), "-o", c.out], 2,
+         "--eta must be between 0 and 1", patch=no_load),
+    # numeric options and the environment
+    Case("scale-nan", lambda c: c.t2i("--scale", "nan"), 2, "--scale must be a finite number", patch=no_load),
+    Case("scale-inf", lambda c: c.t2i("--scale", "inf"), 2, "--scale must be a finite number", patch=no_load),
+    Case("eta-two", lambda c: c.t2i("--eta", "2"), 2, "--eta must be between 0 and 1, got 2", patch=no_load),
+    Case("eta-negative", lambda c: c.t2i("--eta", "-0.5"), 2, "--eta must be between 0 and 1", patch=no_load),
+    Case("n-samples-huge", lambda c: c.t2i("-n", 10**6), 2, "--n-samples must be between 1 and 10000",
+         patch=no_load),
+    Case("batch-size-huge", lambda c: c.t2i("--batch-size", 10**5), 2, "--batch-size must be between 1 and 1000",
+         patch=no_load),
+    Case("seed-negative", lambda c: c.t2i("--seed", -7), 2, "--seed must be between 0 and", patch=no_load),
+    Case("mask-blur-nan", lambda c: c.inpaint(c.image(), c.mask(), "--mask-blur", "nan"), 2, "--mask-blur",
+         patch=no_load),
+    Case("noise-level-negative", lambda c: ["superres", c.image(), "--noise-level", -1, "-o", c.out], 2,
+         "--noise-level must be between 0 and 999", patch=no_load),
+    Case("tile-size-zero", lambda c: ["semantic2img", c.image(mode="L"), "--tile-size", 0, "-o", c.out], 2,
+         "--tile-size must be between 1", patch=no_load),
+    Case("tile-overlap-too-big", lambda c: ["semantic2img", c.image(mode="L"), "--tile-size", 8, "--tile-overlap", 8,
+                                            "-o", c.out], 2, "--tile-overlap must be below", patch=no_load),
+    Case("env-world-size-junk", lambda c: c.t2i(), 2, "WORLD_SIZE='two' is not a whole number",
+         patch=env(WORLD_SIZE="two")),
+    Case("env-rank-not-below-world", lambda c: c.t2i(), 2, "RANK=2 must be below WORLD_SIZE=2",
+         patch=env(WORLD_SIZE="2", RANK="2")),
+    Case("env-local-rank-junk", lambda c: c.t2i(), 2, "LOCAL_RANK='-1' is not a whole number",
+         patch=env(LOCAL_RANK="-1")),
+    Case("size-attention-too-slow-on-cpu", lambda c: c.t2i("-H", 4096, "-W", 4096), 2, "self-attention alone",
+         patch=big_machine),
+]
 if not torch.cuda.is_available():
     CASES.append(Case("cuda-unavailable", lambda c: c.t2i("--device", "cuda"), 2, "no CUDA device"))
 
 CASE_IDS = [c.id for c in CASES] + ["sigint-mid-batch"]
 assert len(set(CASE_IDS)) == len(CASE_IDS)
+_CLASSES = (("ckpt-", "checkpoints"), ("config-", "checkpoints"), ("image-", "images/masks/maps"),
+            ("mask-", "images/masks/maps"), ("segmap-", "images/masks/maps"), ("layout-", "layouts/palettes"),
+            ("palette-", "layouts/palettes"), ("jobs-", "job files"), ("prompt-", "job files"),
+            ("inpaint-", "job files"), ("replay-", "job files"), ("disk-", "faults/signals/pipes"),
+            ("output-", "faults/signals/pipes"), ("stdout-", "faults/signals/pipes"),
+            ("sigint-", "faults/signals/pipes"), ("nan-", "faults/signals/pipes"))
+GROUPS = {c: next((g for prefix, g in _CLASSES if c.startswith(prefix)), "numeric options") for c in CASE_IDS}
 
 
 # --- the contract checks ----------------------------------------------------------------------------------------
 def _listing(ctx: Ctx, target: Optional[tuple] = None) -> dict:
-    """Partial files (temp, hidden, unreadable PNGs, anything outside in/ and out/), lost files (keep.png or the
-    --overwrite target changed) and the new complete PNGs."""
+    """Partial files (temp, hidden, unreadable PNGs in out/), files written outside in/ and out/, lost files
+    (keep.png or the --overwrite target changed) and the new complete PNGs."""
     partial, pngs = [], []
     for p in sorted(q for q in ctx.out.rglob("*") if q.is_file()):
         if p.name.startswith(".") or ".tmp" in p.name:
@@ -332,14 +317,21 @@ def _listing(ctx: Ctx, target: Optional[tuple] = None) -> dict:
     lost = int(not (ctx.out / "keep.png").exists() or (ctx.out / "keep.png").read_bytes() != ctx.keep)
     if target is not None:
         lost += int((ctx.out / target[0]).read_bytes() != target[1])
-    partial += sorted(p.name for p in ctx.tmp.iterdir() if p.name not in ("in", "out", "PWNED"))
+    outside = sorted(p.name for p in ctx.tmp.iterdir() if p.name not in ("in", "out", "PWNED"))
     new = [p for p in pngs if p.name != "keep.png" and (target is None or p.name != target[0])]
-    return {"partial": partial, "lost": lost, "new_pngs": new}
+    return {"partial": partial, "outside": outside, "lost": lost, "new_pngs": new}
 
 
-def _seen(case_id: str, ctx: Ctx, target: Optional[tuple] = None) -> dict:
+def _clean(code: int, want: int, stderr: str) -> bool:
+    """The right exit code, and nothing on stderr (success) or exactly one `ldm: error:` line."""
+    lines = stderr.splitlines()
+    return code == want and (lines == [] if want == 0 else len(lines) == 1 and lines[0].startswith("ldm: error: "))
+
+
+def _seen(case_id: str, ctx: Ctx, clean: bool, traceback: bool, target: Optional[tuple] = None) -> dict:
     seen = _listing(ctx, target)
-    RESULTS[case_id] = {"passed": False, "partial": len(seen["partial"]), "lost": seen["lost"]}
+    RESULTS[case_id] = {"clean": int(clean), "traceback": int(traceback), "partial": len(seen["partial"]),
+                        "outside": len(seen["outside"]), "lost": seen["lost"]}
     return seen
 
 
@@ -359,8 +351,10 @@ def test_fault(case: Case, ctx, monkeypatch):
         case.patch(ctx, monkeypatch)
     r = CliRunner().invoke(app, argv, input=case.stdin)
     monkeypatch.undo()
-    seen = _seen(case.id, ctx, target)
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    escaped = r.exception is not None and not isinstance(r.exception, SystemExit)
+    seen = _seen(case.id, ctx, _clean(r.exit_code, case.code, r.stderr), escaped or "Traceback" in r.stderr,
+                 target)
+    assert not escaped, repr(r.exception)
     assert r.exit_code == case.code, r.stderr
     if case.code == 0:
         assert r.stderr == "" and len(r.stdout.split()) == case.pngs
@@ -368,11 +362,10 @@ def test_fault(case: Case, ctx, monkeypatch):
         lines = r.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("ldm: error: "), f"not one error line: {r.stderr!r}"
         assert case.message in lines[0], lines[0]
-    assert seen["partial"] == [] and seen["lost"] == 0, seen
+    assert seen["partial"] == [] and seen["outside"] == [] and seen["lost"] == 0, seen
     assert len(seen["new_pngs"]) == case.pngs, seen
     if case.check:
         case.check(ctx)
-    RESULTS[case.id]["passed"] = True
 
 
 # --- a real process and a real signal ---------------------------------------------------------------------------
@@ -397,10 +390,10 @@ def test_sigint_mid_batch(ctx):
     finally:
         if proc.poll() is None:
             proc.kill()
-    seen = _seen("sigint-mid-batch", ctx)
+    seen = _seen("sigint-mid-batch", ctx, proc.returncode == 130 and err.splitlines() == ["ldm: error: interrupted"],
+                 "Traceback" in err)
     assert proc.returncode == 130, err
     assert err.splitlines() == ["ldm: error: interrupted"], err
     assert 1 <= len(seen["new_pngs"]) < 200                   # interrupted mid-batch, after the first image
     assert set([first.strip()] + rest.split()) <= {str(p) for p in seen["new_pngs"]}   # printed = complete
-    assert seen["partial"] == [] and seen["lost"] == 0, seen
-    RESULTS["sigint-mid-batch"]["passed"] = True
+    assert seen["partial"] == [] and seen["outside"] == [] and seen["lost"] == 0, seen

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ldmcli.io import atomic
-from ldmcli.io import png as outputs
 from ldmcli.cli.console import Console
 from ldmcli.errors import InputError, LdmError, UsageError
 from ldmcli.io.images import (MAX_PIXELS, load_color_map, load_image, load_index_map, load_mask, pil_to_tensor,
@@ -318,6 +317,15 @@ def test_a1111_parameters_format():
         "Steps: 50, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 512x512, Model hash: abcd1234, Model: name")
     no_neg = a1111_parameters({**RECORD, "negative_prompt": "", "model_hash": "", "model": "a, b: c"})
     assert no_neg == 'a cat\nSteps: 50, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: "a, b: c"'
+
+
+def test_a1111_parameters_name_the_schedule_and_ddim_eta():
+    """As A1111 1.9+ writes them: `Schedule type: Karras` beside the sampler, `Eta DDIM` when DDIM's η is not 0."""
+    karras = a1111_parameters({**RECORD, "negative_prompt": "", "sampler": "dpmpp_2m", "karras": True, "eta": 0.0})
+    assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5" in karras and "Eta" not in karras
+    ddim = a1111_parameters({**RECORD, "sampler": "ddim", "eta": 0.5})
+    assert ddim.endswith("Model: name, Eta DDIM: 0.5") and "Schedule type" not in ddim
+    assert parse_a1111(ddim)["Eta DDIM"] == "0.5" and parse_a1111(karras)["Schedule type"] == "Karras"
 
 
 def test_a1111_parse_round_trip():

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from ldmcli.cli import jobs
 from ldmcli.errors import InputError, UsageError
-from ldmcli.cli.jobs import Job, read_jobs, seed_for, shard
+from ldmcli.cli.jobs import Job, read_jobs, shard
+from ldmcli.cli.outputs import first_seeds
 
 
 def write(tmp_path, text, name="jobs.txt"):
@@ -70,7 +71,7 @@ def test_unknown_key_names_key_and_line(tmp_path):
     ('{"steps": "50"}', "'steps' should be an integer, got a string"),
     ('{"steps": 12.5}', "'steps' should be an integer, got a number"),
     ('{"seed": true}', "'seed' should be an integer, got a boolean"),
-    ('{"seed": -1}', "'seed' must be >= 0"),
+    ('{"seed": -2}', "'seed' must be >= 0"),   # -1 means random
     ('{"n_samples": 0}', "'n_samples' must be >= 1"),
     ('{"scale": "7"}', "'scale' should be a number, got a string"),
     ('{"scale": NaN}', "'scale' must be finite"),
@@ -135,10 +136,20 @@ def test_shard_union_is_all_with_global_indices():
             shard(batch, rank, world)
 
 
-def test_seed_for():
-    assert seed_for(Job(seed=7), 5, 100) == 7
-    assert seed_for(Job(), 5, 100) == 105
-    assert seed_for(Job(), 1, 2**64 - 1) == 0
+def test_every_image_of_a_batch_gets_its_own_seed():
+    """Image k of job i: the job's own seed + k, else --seed + the images of the jobs before it + k."""
+    batch = [Job(n_samples=2), Job(n_samples=3), Job(seed=7, n_samples=2), Job()]
+    assert first_seeds(batch, 100) == [100, 102, 7, 107]
+    seeds = [s + k for job, s in zip(batch, first_seeds(batch, 100)) if job.seed is None for k in range(job.n_samples)]
+    assert len(seeds) == len(set(seeds))
+    assert first_seeds([Job(), Job()], 2**64 - 1) == [2**64 - 1, 0]
+
+
+def test_seed_minus_one_draws_a_random_seed():
+    a, b = first_seeds([Job()], -1), first_seeds([Job()], -1)
+    assert a != b and 0 <= a[0] < 2**32      # two runs: two draws (equal with probability 2**-32)
+    with pytest.raises(UsageError, match="-1 \\(random\\) or between 0"):
+        first_seeds([Job()], -2)
 
 
 # ---- fuzzing: a job file can fail only with an InputError ----

@@ -308,3 +308,20 @@ def test_other_runtime_errors_are_not_swallowed():
     m.first_stage_model.decode = lambda z: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         pipeline.decode(m, _latent(m))
+
+
+def test_cpu_time_bound_refuses_hopeless_sizes_only(monkeypatch):
+    """Attention is linear in memory on the CPU (fused SDPA) but quadratic in time: SD1 at its 512 px and at
+    1024 px passes on one thread, 4096 px is refused with the figure."""
+    from types import SimpleNamespace
+    from ldmcli.loading.presets import preset
+    monkeypatch.setattr(memory, "available_memory", lambda device: (2**50, "plenty"))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    model = SimpleNamespace(cfg=preset("sd1"), device=torch.device("cpu"), dtype=torch.float32,
+                            first_stage_model=torch.nn.Linear(1, 1))
+    for side in (64, 128):
+        memory.check_memory(model, side, side, 1, guided=True, steps=50)
+    with pytest.raises(UsageError, match=r"4096x4096 px: self-attention alone would take at least [\d.]+ h"):
+        memory.check_memory(model, 512, 512, 1, guided=True, steps=50)
+    assert memory.attention_flops(model.cfg.unet, 128, 128) == pytest.approx(
+        16 * memory.attention_flops(model.cfg.unet, 64, 64), rel=0.01)

@@ -1,7 +1,8 @@
 """`ldm` — thin Typer front end. Parsing only: every subcommand hands a list of jobs to `ldmcli.cli.runner`.
 
 Heavy imports (torch) happen inside the commands, so `ldm --help` stays fast.
-Exit codes: 0 ok, 1 runtime failure, 2 bad input/usage, 3 some jobs of a batch failed, 130 interrupted.
+Exit codes: 0 ok, 1 runtime failure, 2 bad input/usage, 3 some jobs of a batch failed, 130 interrupted (Ctrl-C),
+141 stdout closed by its reader (the batch stops), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ldmcli.sampling.table import SAMPLER_NAMES, SAMPLERS
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Latent Diffusion from the command line: txt2img, inpaint, superres, layout2img, "
                        "semantic2img.\n\nExit codes: 0 ok, 1 runtime failure, 2 bad input, 3 partial batch "
-                       "failure, 130 interrupted.")
+                       "failure, 130 interrupted, 141 stdout closed, 143 terminated.")
 weights_app = typer.Typer(no_args_is_help=True, help="List and verify known and embedded checkpoints.")
 app.add_typer(weights_app, name="weights")
 
@@ -41,7 +42,8 @@ Sampler = Annotated[str, typer.Option("--sampler", parser=_sampler_name, metavar
 Scale = Annotated[Optional[float], typer.Option("--scale", help="Classifier-free guidance scale.")]
 Eta = Annotated[Optional[float], typer.Option("--eta", help="DDIM eta (0 = deterministic).")]
 Karras = Annotated[bool, typer.Option("--karras", help="Karras sigmas (dpmpp_2m, euler, euler_a).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the first image; image k uses seed+k.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the batch's first image, -1 for a random one; every "
+                                   "later image gets the next seed (a job's own seed wins).")]
 NSamples = Annotated[int, typer.Option("--n-samples", "-n", min=1, help="Images per job.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]

@@ -61,12 +61,47 @@ def show_info(image: str, as_json: bool) -> int:
     return 0
 
 
+# the record fields replay reads: name -> (JSON types allowed, required); numbers' ranges are validate.py's
+_TEXT, _NUMBER, _INT, _FLAG = (str,), (int, float), (int,), (bool,)
+_RECORD = {"task": (_TEXT, True), "steps": (_INT, True), "sampler": (_TEXT, True), "scale": (_NUMBER, True),
+           "eta": (_NUMBER, True), "seed": (_INT, True), "prompt": (_TEXT, False), "negative_prompt": (_TEXT, False),
+           "image": (_TEXT, False), "mask": (_TEXT, False), "layout": (_TEXT, False), "segmap": (_TEXT, False),
+           "height": (_INT, False), "width": (_INT, False), "extra": ((dict,), False), "karras": (_FLAG, False),
+           "ckpt_path": (_TEXT, False), "noise_device": (_TEXT, False), "ema": (_FLAG, False),
+           "prediction": (_TEXT, False)}
+
+
+def _check_record(image: str, rec) -> None:
+    """The record must hold what replay reads, with JSON types it can use (a UsageError names the first field
+    that does not); `extra` holds only the task options the CLI knows."""
+    from ldmcli.cli.inputs import OPTIONS
+    from ldmcli.tasks import TASKS
+    if not isinstance(rec, dict):
+        raise UsageError(f"{image}: its ldmcli record is not a JSON object")
+    for key, (kinds, required) in _RECORD.items():
+        value = rec.get(key)
+        if value is None:
+            if required:
+                raise UsageError(f"{image}: its ldmcli record lacks {key!r}; it cannot be replayed")
+            continue
+        if type(value) not in kinds or (kinds is _NUMBER and type(value) is bool):
+            raise UsageError(f"{image}: its ldmcli record's {key!r} is {str(value)[:40]!r}, not a "
+                             f"{'/'.join(k.__name__ for k in kinds)}")
+    if rec["task"] not in TASKS:
+        raise UsageError(f"{image}: its ldmcli record names the task {rec['task'][:40]!r}, not one of "
+                         f"{', '.join(TASKS)}")
+    unknown = sorted(set(rec.get("extra") or {}) - set(OPTIONS))
+    if unknown:
+        raise UsageError(f"{image}: its ldmcli record's 'extra' holds an unknown option {unknown[0][:40]!r}")
+
+
 def replay_opts(image: str, given: dict) -> dict:
     """The task, positional fields and options that regenerate `image` from its ldmcli record."""
     from ldmcli.io.png import read_metadata
     rec = read_metadata(image).get("ldmcli")
     if not rec:
         raise UsageError(f"{image} has no ldmcli record (only ldm-written PNGs can be replayed)")
+    _check_record(image, rec)
     task = rec["task"]
     positional = {k: rec.get(k) for k in ("prompt", "negative_prompt", "image", "mask", "layout", "segmap")}
     if task_row(task).sized:  # the others take their size from their input file

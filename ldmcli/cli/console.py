@@ -1,16 +1,19 @@
 """The stderr console: log lines, warnings, one-line errors and progress.
 
-It never writes to stdout, which belongs to the data (`-o -` PNGs, listings that scripts parse). Progress is a
-rich bar when stderr is a terminal, a plain `sampling: step 10/50` line every ~10 % when it is not (logs, CI),
-and nothing at all with quiet=True. quiet silences log lines and progress, never warnings or errors.
+stdout belongs to the data (`-o -` PNGs, the paths and listings that scripts parse): the runner writes its lines
+with `Console.data` (or `write_data` where no console exists yet), which go above the progress bars when stdout
+and stderr are one terminal, so neither overwrites the other. Progress is a rich bar when stderr is a terminal, a
+plain `sampling: step 10/50` line every ~10 % when it is not (logs, CI), and nothing at all with quiet=True.
+quiet silences log lines and progress, never warnings, errors or data.
 """
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional, TextIO, TypeVar
 
-from ldmcli.errors import one_line
+from ldmcli.errors import OutputClosed, one_line
 
 T = TypeVar("T")
 Advance = Callable[..., None]  # advance(n=1): n more steps done
@@ -21,6 +24,24 @@ def _isatty(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def _same_terminal(a, b) -> bool:
+    """Whether streams a and b are one terminal (`ldm ...` typed at a shell: both are the shell's tty)."""
+    try:
+        return _isatty(a) and _isatty(b) and os.path.sameopenfile(a.fileno(), b.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def write_data(line: str) -> None:
+    """`line` on stdout, flushed: a script reads each path as its image is done. A reader that has gone away
+    (`ldm ... | head -n 1`) raises OutputClosed, which stops the batch."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed("stdout was closed (broken pipe)") from None
 
 
 def _plain_steps(print_line: Callable[[str], None], total: int, desc: str) -> Advance:
@@ -53,6 +74,15 @@ class Console:
             self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             print(line, file=self.stream, flush=True)
+
+    def data(self, line: str) -> None:
+        """A line of data for stdout. While progress bars are drawn on the same terminal it is printed through
+        their display, above them: written straight to stdout it would land where the bars are redrawn next."""
+        if self._live is not None and _same_terminal(sys.stdout, self.stream):
+            from rich.text import Text   # no markup, emoji or highlighting in a file name
+            self._live.console.print(Text(line), soft_wrap=True)
+        else:
+            write_data(line)
 
     def log(self, msg) -> None:
         if not self.quiet:

@@ -7,8 +7,9 @@
 - A value a line does not set comes from `defaults` (the command-line options), then from `Job`'s defaults.
 - Relative paths in a job (image, mask, layout, segmap, and the `extra` option palette; '~' expanded) are
   resolved against the job file's directory; for stdin they are left relative to the working directory.
-- Seeds (`seed_for`): a job's explicit seed wins; otherwise job i gets (base_seed + i) mod 2**64, so a batch is
-  reproducible from one --seed and gives the same images however it is sharded (`shard`).
+- Seeds: a job's explicit seed wins (-1: random); otherwise image k of job i gets --seed plus the images of the jobs
+  before it, plus k (`outputs.first_seeds`), so every image of a batch has its own seed, reproducible from one
+  --seed, the same however the batch is sharded (`shard`).
 Every problem is one InputError line, `FILE:LINE: what is wrong`.
 """
 from __future__ import annotations
@@ -95,14 +96,21 @@ def _count(value):
     return _integer(value, 1)
 
 
+def _samples(value):
+    from ldmcli.cli.validate import MAX_N_SAMPLES
+    if _count(value) > MAX_N_SAMPLES:
+        raise ValueError(f"must be at most {MAX_N_SAMPLES} images per job, got {value}")
+    return value
+
+
 def _seed(value):
-    return _integer(value, 0, SEED_LIMIT)
+    return -1 if value == -1 and type(value) is int else _integer(value, 0, SEED_LIMIT)   # -1: random
 
 
 # The check and conversion of each Job field's JSON value: TypeError says what was expected, ValueError why not.
 _CHECKS = {"prompt": _text, "negative_prompt": _text, "seed": _seed, "steps": _count, "scale": _number,
            "sampler": _text, "image": _path, "mask": _path, "layout": _path, "segmap": _path, "name": _text,
-           "n_samples": _count, "height": _count, "width": _count, "extra": _object}
+           "n_samples": _samples, "height": _count, "width": _count, "extra": _object}
 _FILES = {f for t in TASKS.values() for f in t.files}            # the task table's file inputs:
 PATH_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f in _FILES)   # Job fields,
 EXTRA_PATHS = tuple(sorted(_FILES - set(PATH_FIELDS)))                    # and options of a job's `extra`
@@ -238,9 +246,3 @@ def fingerprint(task: str, job: Job, opts: dict) -> str:
     options = {k: v for k, v in sorted(opts.items()) if k not in _NOT_IN_FINGERPRINT and v is not None}
     text = json.dumps([task, fields, options], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
-
-
-def seed_for(job: Job, index: int, base_seed: int) -> int:
-    """The seed of job `index` (its global index): the job's own seed if it sets one, else
-    (base_seed + index) mod 2**64."""
-    return job.seed if job.seed is not None else (base_seed + index) % SEED_LIMIT

@@ -31,7 +31,7 @@ def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
         "ema": loaded.ema,
         "prediction": model.cfg.parameterization, "job": index,
         "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
-        "extra": job.extra, "ldmcli_version": _version(),
+        "extra": job.extra, "fingerprint": job.tag, "ldmcli_version": _version(),
     }
     return record
 

@@ -1,19 +1,19 @@
 """Run a subcommand's jobs in one process: load once, resume, write atomically, report per job.
 
 stdout carries data only (one path per image, or one JSON object with --json); logs and progress go to stderr.
-Exit: 0 all jobs ok, 3 some failed, 2 all failed on bad input, 1 all failed otherwise, 130 interrupted.
+Exit: 0 all jobs ok, 3 some failed, 2 all failed on bad input, 1 all failed otherwise, 130 interrupted, 143
+terminated, 141 stdout closed by its reader (the batch stops there; the images written are kept).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, LdmError, UsageError
+from ldmcli.errors import EXIT_PARTIAL, EXIT_RUNTIME, EXIT_USAGE, LdmError, OutputClosed, UsageError
 from ldmcli.tasks import task as task_row
 
 # ----------------------------------------------------------------------------------------------------
@@ -31,9 +31,22 @@ def build_jobs(task: str, positional: dict, opts: dict):
         given = [k for k in ("prompt", "image", "layout", "segmap") if positional.get(k)]
         if given:
             raise UsageError(f"pass either --from-file or a {given[0]} argument, not both")
-        return read_jobs(opts["from_file"], {**defaults, "extra": extra})
-    fields = {k: v for k, v in positional.items() if v is not None and k in Job.__dataclass_fields__}
-    return [Job(**{**{k: v for k, v in defaults.items() if v is not None}, **fields, "extra": extra})]
+        jobs = read_jobs(opts["from_file"], {**defaults, "extra": extra})
+    else:
+        fields = {k: v for k, v in positional.items() if v is not None and k in Job.__dataclass_fields__}
+        jobs = [Job(**{**{k: v for k, v in defaults.items() if v is not None}, **fields, "extra": extra})]
+    return [_absolute_inputs(task, job) for job in jobs]
+
+
+def _absolute_inputs(task: str, job):
+    """The job with its input files as absolute paths: its fingerprint then names the files, not the folder the
+    run started in, and `ldm replay` finds them from anywhere."""
+    from ldmcli.io.paths import expand_user
+    for what in task_row(task).files:
+        where = job.__dict__ if what in job.__dataclass_fields__ else job.extra
+        if isinstance(where.get(what), str) and where[what]:
+            where[what] = os.path.abspath(expand_user(where[what]))
+    return job
 
 
 def _check_required(task: str, job) -> None:
@@ -52,78 +65,82 @@ def _settings(opts: dict, job):
                            noise_device=opts.get("noise_device"))
 
 
-def _target(out: str, n_images: int):
-    """(mode, path): 'stdout' for -o -, 'file' for a single .png name, else 'dir'."""
-    if out == "-":
-        if n_images != 1:
-            raise UsageError(f"-o - writes one PNG to stdout, but this run makes {n_images} images")
-        return "stdout", None
-    p = Path(out)
-    if p.suffix.lower() == ".png":
-        if n_images != 1:
-            raise UsageError(f"-o {out} names one file, but this run makes {n_images} images; pass a directory")
-        return "file", p
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"output {out} exists and is not a directory")
-    return "dir", p
-
-
 # ----------------------------------------------------------------------------------------------------
 def run_task(task: str, positional: dict, opts: dict) -> int:
     from ldmcli.cli.console import Console
-    from ldmcli.cli.jobs import fingerprint, seed_for, shard
+    from ldmcli.cli.jobs import fingerprint, shard
+    from ldmcli.cli.outputs import first_seeds, image_paths, plan_target
+    from ldmcli.cli.validate import check_options
     console = Console(quiet=bool(opts.get("quiet")))
     jobs = build_jobs(task, positional, opts)
+    check_options(task, opts, jobs)     # what needs no model, refused before anything loads (cli/validate.py)
     for job in jobs if not opts.get("from_file") else []:
         _check_required(task, job)
-    mode, target = _target(opts.get("out") or "outputs", sum(j.n_samples for j in jobs))
+    mode, target = plan_target(opts.get("out") or "outputs", sum(j.n_samples for j in jobs))
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     for job in jobs:
         job.tag = fingerprint(task, job, opts)
-    mine = shard(jobs, rank, world)
-    todo = [(i, j) for i, j in mine if opts.get("overwrite") or mode == "stdout"
-            or not all(_path(mode, target, i, j, k, seed_for(j, i, opts["seed"])).exists()
-                       for k in range(j.n_samples))]
-    for i, j in mine:
-        if (i, j) not in todo:
-            _emit_existing(opts, mode, target, i, j, seed_for(j, i, opts["seed"]))
-    if not todo:
-        console.log(f"all {len(mine)} job(s) already done (use --overwrite to redo)")
-        return 0
+    seeds = first_seeds(jobs, opts["seed"])
+    paths = image_paths(mode, target, jobs, seeds)   # the whole batch: collisions across shards count too
+    if mode != "stdout":            # temporary files of writers killed mid-write (SIGKILL, power loss)
+        from ldmcli.io.atomic import clear_stale
+        clear_stale(target if mode == "dir" else target.parent)
     failures, ready = [], []
-    for i, job in todo:  # cheap checks first: a batch of bad jobs fails without loading a model
+    for i, job in shard(jobs, rank, world):   # cheap checks first: a batch of bad jobs fails without a model
         try:
+            pending = _pending(opts, mode, paths, i, job, seeds[i])
+            if not pending:
+                continue
             _precheck(task, job)
-            ready.append((i, job))
+            ready.append((i, job, pending))
         except LdmError as e:
             console.error(f"job {i + 1}: {e}")
             failures.append(e)
+    attempted = len(failures) + len(ready)      # the jobs with work left (the others are done)
     if not ready:
-        return _exit_code(failures, len(todo))
+        if not failures:
+            console.log(f"all {len(jobs)} job(s) already done (use --overwrite to redo)")
+        return _exit_code(failures, attempted)
     model, loaded = load_model(task, opts, console, rank)
     with console.progress(len(ready), f"{task}") as advance_jobs, _library_warnings(console):
-        for i, job in ready:
+        for n, (i, job, pending) in enumerate(ready):
             try:
-                _run_job(task, model, loaded, i, job, opts, mode, target, console)
+                _run_job(task, model, loaded, (i, job, seeds[i], pending), opts, paths, console)
+            except OutputClosed as e:   # the reader is gone: stop the batch (a rerun makes the rest)
+                rest = len(ready) - n - 1
+                raise OutputClosed(f"{e}: stopped in job {i + 1}" + (f", {rest} more job(s) not run" if rest else "")
+                                   + "; the images written are kept") from None
             except LdmError as e:
                 console.error(f"job {i + 1}: {e}")
                 failures.append(e)
             advance_jobs()
-    return _exit_code(failures, len(todo))
+    return _exit_code(failures, attempted)
+
+
+def _pending(opts, mode, paths, index, job, seed) -> list:
+    """The images of a job still to make; done ones are reported as skipped. A complete image of another job at
+    one of its paths fails the job (UsageError), unless --overwrite."""
+    from ldmcli.cli.outputs import DONE, OTHER, image_state, other_job_error
+    if opts.get("overwrite") or mode == "stdout":
+        return list(range(job.n_samples))
+    pending = []
+    for k in range(job.n_samples):
+        state = image_state(paths[(index, k)], job.tag, seed + k)
+        if state == OTHER:
+            raise other_job_error(paths[(index, k)])
+        if state == DONE:
+            _emit(opts, {"path": str(paths[(index, k)]), "seed": seed + k, "job": index, "skipped": True})
+        else:
+            pending.append(k)
+    return pending
 
 
 def _precheck(task: str, job) -> None:
-    """What can be checked before the model is loaded: required fields, and that input files exist (pipes and
-    devices count; reading and decoding them is the task's)."""
-    from ldmcli.io.images import check_input_path
-    from ldmcli.sampling.table import sampler_spec
+    """What can be checked before the model is loaded: required fields, then everything cli/validate.py can tell
+    without the model (input files, numbers, headers, layouts, palettes)."""
+    from ldmcli.cli.validate import check_job
     _check_required(task, job)
-    if job.sampler is not None:
-        sampler_spec(job.sampler)
-    for what in task_row(task).files:
-        value = getattr(job, what, None) or job.extra.get(what)
-        if isinstance(value, str) and value:
-            check_input_path(Path(value), what, "a file")
+    check_job(task, job)
 
 
 @contextmanager
@@ -164,48 +181,31 @@ def load_model(task, opts, console, rank):
     return model, info
 
 
-def _path(mode, target, index, job, k, seed) -> Path:
-    from ldmcli.io.png import output_name
-    if mode == "file":
-        return target
-    if mode == "stdout":
-        return Path("-")
-    return target / output_name(index, job.name, seed, k, tag=job.tag)
-
-
-def _emit_existing(opts, mode, target, index, job, seed) -> None:
-    for k in range(job.n_samples):
-        p = _path(mode, target, index, job, k, seed)
-        _emit(opts, {"path": str(p), "seed": seed + k, "job": index, "skipped": True})
-
-
-def _emit(opts, record: dict) -> None:
+def _emit(opts, record: dict, console=None) -> None:
+    """A line of data on stdout, through `console` while its progress bars may share the terminal."""
+    from ldmcli.cli.console import write_data
     line = json.dumps(record) if opts.get("json") else record["path"]
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    (console.data if console is not None else write_data)(line)
 
 
-def _run_job(task, model, loaded, index, job, opts, mode, target, console) -> None:
+def _run_job(task, model, loaded, work, opts, paths, console) -> None:
+    """Make the pending images of one job, `batch_size` at a time, each written as soon as it is decoded."""
     from ldmcli.cli.inputs import run_job
-    from ldmcli.cli.jobs import seed_for
-    from ldmcli.io.png import write_png_atomic, write_png_stdout
     from ldmcli.cli.record import job_record
-    seed = seed_for(job, index, opts["seed"])
+    from ldmcli.io.png import write_png_atomic, write_png_stdout
+    index, job, seed, pending = work
     settings = _settings(opts, job).resolved(model.cfg)
     batch = max(1, int(opts.get("batch_size") or 1))
-    for start in range(0, job.n_samples, batch):
-        ks = list(range(start, min(job.n_samples, start + batch)))
-        seeds = [seed + k for k in ks]
+    for start in range(0, len(pending), batch):
+        ks = pending[start:start + batch]
         t0 = time.perf_counter()
         with console.progress(settings.steps, f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}") as adv:
-            images = run_job(task, model, job, seeds, settings, lambda *a: adv())
+            images = run_job(task, model, job, [seed + k for k in ks], settings, lambda *a: adv())
         dt = (time.perf_counter() - t0) / len(ks)
         for k, img in zip(ks, images):
             record = job_record(task, model, loaded, job, settings, seed + k, img.size, index)
-            if mode == "stdout":
+            if paths[(index, k)] == Path("-"):
                 write_png_stdout(img, record)
                 continue
-            path = write_png_atomic(img, _path(mode, target, index, job, k, seed), record)
-            _emit(opts, {"path": str(path), "seed": seed + k, "job": index, "seconds": round(dt, 3)})
-
-
+            path = write_png_atomic(img, paths[(index, k)], record)
+            _emit(opts, {"path": str(path), "seed": seed + k, "job": index, "seconds": round(dt, 3)}, console)

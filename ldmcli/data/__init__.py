@@ -39,6 +39,8 @@ def label_id(label: Union[str, int], names: Sequence[str], count: int, what: str
         raise UsageError(f"{what}: a label is a name or a class number, got {label!r}")
     text = label.strip() if isinstance(label, str) else str(label)
     if isinstance(label, int) or (text.isascii() and text.isdigit()):
+        if len(text.lstrip("-")) > 9:   # int() refuses 4300+ digits with a ValueError; no label space is this big
+            raise UsageError(f"{what}: class number {text[:20]}... is out of range 0-{count - 1}")
         number = int(text)
         if not 0 <= number < count:
             raise UsageError(f"{what}: class number {number} is out of range 0-{count - 1}")

@@ -97,7 +97,19 @@ def read_image(path: PathLike, what: str = "image") -> Image.Image:
 
     `what` names the role of the file in error messages ("mask", "index map", ...).
     """
+    return _open(Path(path), what, header_only=False)
+
+
+def image_size(path: PathLike, what: str = "image") -> tuple[int, int] | None:
+    """(width, height) as `read_image` would lay the pixels out (EXIF orientation applied), from the header alone,
+    with the same refusals for a missing, unknown or oversized file; None for a pipe or device, which can be read
+    only once (the full read comes later)."""
     path = Path(path)
+    check_input_path(path, what)
+    return _open(path, what, header_only=True) if path.is_file() else None
+
+
+def _open(path: Path, what: str, header_only: bool):
     where = f"{what} {path}"
     src = None
     try:
@@ -106,6 +118,9 @@ def read_image(path: PathLike, what: str = "image") -> Image.Image:
             warnings.simplefilter("ignore")  # the size is refused below, and a file that loads is used
             with Image.open(src) as img:
                 _check_size(where, img.size)
+                if header_only:   # orientations 5-8 turn the image a quarter: width and height swap
+                    w, h = img.size
+                    return (h, w) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
                 img.load()  # full decode: truncated or corrupt data fails now
                 return ImageOps.exif_transpose(img)  # a copy, so closing the file keeps the pixels
     except InputError:
@@ -155,15 +170,20 @@ def load_mask(path: PathLike, size: tuple[int, int] | None = None, invert: bool 
         raise UsageError(f"mask blur must be >= 0, got {blur}")
     mask = _to_rgb(read_image(path, "mask"), f"mask {path}").convert("L")
     if size is not None and mask.size != tuple(size):
-        (mw, mh), (w, h) = mask.size, size
-        if abs(mw * h - mh * w) > ASPECT_TOLERANCE * mh * w:
-            raise InputError(f"mask {path}: {mw}x{mh} does not fit the image's {w}x{h} (another aspect ratio); "
-                             f"make the mask {w}x{h}")
-        mask = mask.resize((w, h), Image.Resampling.NEAREST)
+        check_mask_aspect(path, mask.size, size)
+        mask = mask.resize(tuple(size), Image.Resampling.NEAREST)
     if blur:
         mask = mask.filter(ImageFilter.GaussianBlur(blur))
     m = np.asarray(mask, dtype=np.float32) / 255.0
     return 1.0 - m if invert else m
+
+
+def check_mask_aspect(path: PathLike, mask_size: tuple[int, int], size: tuple[int, int]) -> None:
+    """The aspect rule: a mask must have its image's aspect ratio within ASPECT_TOLERANCE (it is then resized)."""
+    (mw, mh), (w, h) = mask_size, size
+    if abs(mw * h - mh * w) > ASPECT_TOLERANCE * mh * w:
+        raise InputError(f"mask {path}: {mw}x{mh} does not fit the image's {w}x{h} (another aspect ratio); "
+                         f"make the mask {w}x{h}")
 
 
 def load_index_map(path: PathLike) -> np.ndarray:

@@ -127,6 +127,25 @@ def normalised_boxes(boxes: Sequence[LayoutBox], width: int, height: int) -> Lis
     return out
 
 
+def check_boxes(boxes: Sequence[LayoutBox], width: Optional[int] = None, height: Optional[int] = None) -> None:
+    """What needs no model: class numbers that are not negative or absurdly long (names need the model's list),
+    and, when the output size is given, `normalised_boxes`; otherwise the size-free part of it (no box is empty
+    or has a negative coordinate)."""
+    for b in boxes:
+        text = b.label.strip() if isinstance(b.label, str) else str(b.label)
+        if isinstance(b.label, int) and b.label < 0 or text.isascii() and text.isdigit() and len(text) > 9:
+            raise UsageError(f"{b.where}: class number {text[:20]}{'...' if len(text) > 20 else ''} is out of range")
+    if width and height:
+        normalised_boxes(boxes, width, height)
+        return
+    for b in boxes:
+        x0, y0, x1, y1 = b.box
+        if min(b.box) < 0:
+            raise UsageError(f"{b.describe()} lies outside the image (a negative coordinate)")
+        if x1 <= x0 or y1 <= y0:
+            raise UsageError(f"{b.describe()} is empty: need x0 < x1 and y0 < y1 (x0 y0 = top left)")
+
+
 # ---- tokens (MODELS.md §6.4) -------------------------------------------------------------------------------------
 def sections(vocab_size: int) -> int:
     """Quantisation steps per axis: int(√V) (90 for V = 8192)."""
@@ -167,5 +186,5 @@ def unconditional_tokens(vocab_size: int = 8192, seq_len: int = 92) -> List[int]
 
 
 __all__ = ["LayoutBox", "Box", "box_from_object", "parse_box", "boxes_from_option", "read_layout",
-           "normalised_boxes", "sections", "max_objects", "coordinate_token", "layout_tokens",
+           "normalised_boxes", "check_boxes", "sections", "max_objects", "coordinate_token", "layout_tokens",
            "unconditional_tokens", "MAX_LAYOUT_BYTES"]

@@ -17,7 +17,7 @@ from typing import BinaryIO, Optional, Union
 
 from PIL import Image, PngImagePlugin
 
-from ldmcli.errors import InputError, LdmError, UsageError, one_line
+from ldmcli.errors import InputError, LdmError, OutputClosed, UsageError, one_line
 from ldmcli.io.atomic import atomic_write
 from ldmcli.io.images import read_image
 from ldmcli.sampling.table import SAMPLERS
@@ -25,8 +25,9 @@ from ldmcli.sampling.table import SAMPLERS
 PathLike = Union[str, Path]
 
 # A1111's labels in A1111's order, with the job-record keys they are read from ("size" is width x height).
-_A1111_FIELDS = (("Steps", "steps"), ("Sampler", "sampler"), ("CFG scale", "scale"), ("Seed", "seed"),
-                 ("Size", "size"), ("Model hash", "model_hash"), ("Model", "model"))
+_A1111_FIELDS = (("Steps", "steps"), ("Sampler", "sampler"), ("Schedule type", "schedule"), ("CFG scale", "scale"),
+                 ("Seed", "seed"), ("Size", "size"), ("Model hash", "model_hash"), ("Model", "model"),
+                 ("Eta DDIM", "eta_ddim"))
 # One `Label: value` pair of the settings line; a value is a JSON string or runs to the next comma (as A1111).
 _A1111_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _UNSAFE_NAME = re.compile(r"[^\w.\-]+")  # keeps letters and digits (any script), '_', '.', '-'
@@ -47,6 +48,9 @@ def a1111_parameters(record: dict) -> str:
     if values.get("sampler") is not None:
         spec = SAMPLERS.get(str(values["sampler"]))    # A1111's spelling; another name is written as it is
         values["sampler"] = spec.label if spec else values["sampler"]
+    # A1111 (1.9 and later) names the σ schedule apart from the sampler, and writes DDIM's η when it is not 0
+    values["schedule"] = "Karras" if record.get("karras") else None
+    values["eta_ddim"] = record.get("eta") if record.get("sampler") == "ddim" and record.get("eta") else None
     settings = ", ".join(f"{label}: {_a1111_quote(values[key])}"
                          for label, key in _A1111_FIELDS if values.get(key) not in (None, ""))
     lines = [str(record.get("prompt") or "")]
@@ -121,7 +125,7 @@ def write_png_stdout(img: Image.Image, metadata: Optional[dict] = None, stream: 
         stream.write(buf.getvalue())
         stream.flush()
     except BrokenPipeError:
-        raise LdmError("stdout was closed before the PNG was written (broken pipe)") from None
+        raise OutputClosed("stdout was closed before the PNG was written (broken pipe)") from None
 
 
 def read_metadata(path: PathLike) -> dict:

@@ -22,12 +22,16 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ldmcli.data import label_id
 from ldmcli.io.paths import read_text_file
 from ldmcli.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_PALETTE_BYTES = 2**20
 Colour = Tuple[int, int, int]
@@ -112,6 +116,18 @@ def read_palette(path: Union[str, Path], names: Sequence[str], count: int, no_na
     return parse_palette(text, names, count, f"palette {path}", no_names)
 
 
+def check_palette_file(path: Union[str, Path]) -> None:
+    """A palette file's format and colours, before the model's class names are known (labels are checked then)."""
+    where = f"palette {path}"
+    entries = _entries(read_text_file(Path(path), "palette", MAX_PALETTE_BYTES), where)
+    for colour, label, at in entries:
+        parse_colour(colour, at)
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise InputError(f"{at}: a label is a name or a class number, got {repr(label)[:40]}")
+    if not entries:
+        raise InputError(f"{where}: no colours (an empty palette)")
+
+
 # ---- maps ------------------------------------------------------------------------------------------------------
 def read_segmap(path: Union[str, Path], palette: Optional[Dict[Colour, int]] = None) -> np.ndarray:
     """A segmentation map file as int64 class ids [H, W]: an index image, or a colour image looked up in
@@ -129,17 +145,20 @@ def check_class_ids(seg: np.ndarray, count: int, where: str = "segmentation map"
         raise InputError(f"{where}: class id(s) {shown} outside 0-{count - 1} (the model has {count} classes)")
 
 
-def one_hot(seg: Union[np.ndarray, torch.Tensor], count: int, dtype: torch.dtype = torch.float32,
+def one_hot(seg: Union[np.ndarray, torch.Tensor], count: int, dtype: Optional[torch.dtype] = None,
             device: Optional[torch.device] = None) -> torch.Tensor:
     """Class ids [H, W] → one-hot [1, count, H, W] in {0, 1} (`np.eye(count)[seg]`, channels first); a batch of
     maps [B, H, W] → [B, count, H, W].
 
-    Built by scatter into zeros of `dtype`: F.one_hot would first make an int64 [H, W, count] copy, 8× larger."""
+    Built by scatter into zeros of `dtype` (float32 by default): F.one_hot would first make an int64 [H, W, count]
+    copy, 8× larger."""
+    import torch   # here: the CLI checks palettes before a model loads, without paying for torch
+    dtype = torch.float32 if dtype is None else dtype
     ids = torch.as_tensor(np.asarray(seg) if isinstance(seg, np.ndarray) else seg, dtype=torch.long).to(device)
     ids = ids.reshape(-1, 1, *ids.shape[-2:])                            # [B, 1, H, W]
     out = torch.zeros(ids.shape[0], count, *ids.shape[-2:], dtype=dtype, device=ids.device)
     return out.scatter_(1, ids, 1.0)
 
 
-__all__ = ["parse_colour", "parse_palette", "read_palette", "read_segmap", "check_class_ids", "one_hot",
+__all__ = ["parse_colour", "parse_palette", "read_palette", "check_palette_file", "read_segmap", "check_class_ids", "one_hot",
            "Colour", "MAX_PALETTE_BYTES"]

@@ -57,6 +57,8 @@ def read_checkpoint(path) -> Tuple[StateDict, Dict[str, str]]:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint is a directory, expected a .ckpt or .safetensors file: {path}")
+    from ldmcli.loading.files import check_regular_file
+    check_regular_file(path, "checkpoint", CheckpointError)
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:
@@ -74,10 +76,13 @@ def _read_safetensors(path: Path) -> StateDict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     try:
-        return load_file(str(path), device="cpu")
+        sd = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot read {path.name} as safetensors (truncated or corrupt?): "
                               f"{_first_line(e)}") from None
+    if not sd:
+        raise CheckpointError(f"{path.name} holds no tensors")
+    return sd
 
 
 def safetensors_metadata(path: Path) -> Dict[str, str]:
@@ -203,8 +208,12 @@ def load_model(path, *, config=None, use_ema: bool = True, prediction: Optional[
     cfg = resolve_config(sd, path, meta, config, prediction)
     if "scale_factor" in sd and sd["scale_factor"].numel() == 1:
         cfg = cfg.with_(scale_factor=float(sd["scale_factor"]))  # lsun_churches stores a learned value
-    with meta_skeleton():
-        model = LatentDiffusion(cfg)
+    try:
+        with meta_skeleton():
+            model = LatentDiffusion(cfg)
+    except (RuntimeError, ValueError, TypeError, ArithmeticError, IndexError, KeyError, AssertionError) as e:
+        # a config read from a file header or a YAML can hold numbers no module accepts (0 heads, odd widths)
+        raise CheckpointError(f"the config {cfg.name} does not describe a buildable model: {_first_line(e)}") from None
     ignored, unexpected, zero_filled = _assign_components(model, sd)
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     record = LoadRecord(path=str(path), family=cfg.name, ema=ema_used, device=str(model.device),

@@ -174,7 +174,7 @@ def resolve_config(sd, path, metadata: Dict[str, str], config, prediction: Optio
         from ldmcli.loading.presets import preset
         cfg = preset(str(config))
     elif "ldmcli_config" in metadata:
-        cfg = config_from_json(json.loads(metadata["ldmcli_config"]))
+        cfg = config_from_json(_header_json(metadata["ldmcli_config"]))
     else:
         from ldmcli.loading.presets import preset
         cfg = preset(detect_family(sd, path, prediction))
@@ -196,18 +196,60 @@ def config_to_json(cfg: C.ModelConfig) -> dict:
     return d
 
 
-def config_from_json(d: dict) -> C.ModelConfig:
-    def tuples(obj):
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
-
+def _header_json(text: str) -> dict:
+    """The `ldmcli_config` header string as a JSON object (CheckpointError otherwise)."""
     try:
-        d = dict(d)
-        d["unet"] = C.UNetConfig(**tuples(d["unet"]))
-        d["first_stage"] = C.AutoencoderConfig(**tuples(d["first_stage"]))
+        d = json.loads(text)
+    except (ValueError, RecursionError) as e:   # JSONDecodeError is a ValueError; so is an over-long integer
+        raise CheckpointError(f"the config stored in the checkpoint header is not JSON ({str(e)[:100]})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"the config stored in the checkpoint header is a {type(d).__name__}, not an object")
+    return d
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value fits a config field's annotation (JSON lists stand for tuples)."""
+    import math
+    import typing
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if hint is int:   # -1 means "derive" for the head counts; 2^31 is far above any real width
+        return type(value) is int and -1 <= value < 2**31
+    if hint is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    simple = {bool: bool, str: str, type(None): type(None)}
+    return type(value) is simple[hint] if hint in simple else True   # nested configs: checked by their own fields
+
+
+def _typed(cls, obj, what: str) -> dict:
+    """`obj`'s fields checked against `cls`'s annotations, lists as tuples (CheckpointError naming the field)."""
+    import typing
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"the config stored in the checkpoint header: {what} is not an object")
+    hints = typing.get_type_hints(cls)
+    for k, v in obj.items():
+        if k in hints and not _fits(v, hints[k]):
+            raise CheckpointError(f"the config stored in the checkpoint header: {what}.{k} = {str(v)[:40]} is not "
+                                  f"a valid {getattr(hints[k], '__name__', hints[k])}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
+
+
+def config_from_json(d: dict) -> C.ModelConfig:
+    try:
+        d = _typed(C.ModelConfig, {k: v for k, v in d.items() if k not in ("unet", "first_stage", "cond_stage")},
+                   "the model") | {k: d[k] for k in ("unet", "first_stage", "cond_stage") if k in d}
+        d["unet"] = C.UNetConfig(**_typed(C.UNetConfig, d["unet"], "unet"))
+        d["first_stage"] = C.AutoencoderConfig(**_typed(C.AutoencoderConfig, d["first_stage"], "first_stage"))
         cs = d.get("cond_stage")
         if isinstance(cs, dict):
             cs = dict(cs)
-            d["cond_stage"] = _COND_TYPES[cs.pop("type")](**tuples(cs))
+            kind = _COND_TYPES[cs.pop("type")]
+            d["cond_stage"] = kind(**_typed(kind, cs, "cond_stage"))
+        elif cs is not None and not isinstance(cs, str):
+            raise TypeError(f"cond_stage is a {type(cs).__name__}")
         known = {f.name for f in dataclasses.fields(C.ModelConfig)}
         return C.ModelConfig(**{k: v for k, v in d.items() if k in known})
     except (KeyError, TypeError) as e:

@@ -9,8 +9,8 @@ from typing import Dict, List
 from ldmcli.errors import UsageError
 from ldmcli.io.paths import expand_user
 
-ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS_DIR = Path(os.environ.get("LDM_WEIGHTS_DIR", ROOT / "weights"))
+# inside the package, so an installed wheel has them too (in a checkout, ldmcli/weights links to weights/)
+WEIGHTS_DIR = Path(os.environ.get("LDM_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
 REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
 
 

@@ -29,6 +29,8 @@ def config_from_yaml(source: Union[str, Path], name: str = "") -> C.ModelConfig:
     """`source`: a path to a .yaml file, or the YAML text itself."""
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
         path = Path(source)
+        from ldmcli.loading.files import check_regular_file
+        check_regular_file(path, "config")
         try:
             if path.stat().st_size > MAX_YAML_BYTES:
                 raise UsageError(f"config {path} is larger than {MAX_YAML_BYTES >> 20} MiB: not a model config")

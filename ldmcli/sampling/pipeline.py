@@ -62,7 +62,7 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
         return apply_model(x, t, **c)
 
     memory.check_memory(model, shape[-2], shape[-1], n, guided=uncond is not None and s.guidance_scale != 1,
-                        tiling=tiling)
+                        tiling=tiling, steps=s.steps)
     eps = eps_model(cfg_model(apply, cond, uncond, s.guidance_scale), model.cfg.parameterization,
                     model.alphas_cumprod)
     x_T = initial_noise((n, *shape), seeds, device=device, dtype=torch.float32, noise_device=s.noise_device)
