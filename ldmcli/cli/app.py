@@ -12,7 +12,8 @@ import typer
 from typing_extensions import Annotated
 
 from ldmcli.cli.guard import OneLineErrors
-from ldmcli.sampling.table import SAMPLER_NAMES, SAMPLERS
+from ldmcli.cli.options import (TEXT_OPTIONS, Ckpt, Device, Dtype, Eta, Height, Json, NegPrompt, Out, Quiet, Scale,
+                                Seed, Steps, Width, shared_options)
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Latent Diffusion from the command line: txt2img, inpaint, superres, layout2img, "
@@ -22,57 +23,6 @@ weights_app = typer.Typer(no_args_is_help=True, help="List and verify known and 
 app.add_typer(weights_app, name="weights")
 
 _STATE = {"debug": False}
-
-# -- options shared by every generating subcommand (same names everywhere) -------------------------------
-Ckpt = Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint path (.ckpt/.safetensors) or registry "
-                                             "name; default: the embedded model for this task.")]
-Config = Annotated[Optional[str], typer.Option("--config", help="Preset name or original YAML config "
-                                               "(overrides auto-detection).")]
-Steps = Annotated[Optional[int], typer.Option("--steps", help="Sampling steps (default: the family's).")]
-def _sampler_name(value: str) -> str:
-    """--sampler is a closed set, checked while the command line is parsed (before anything loads)."""
-    if value not in SAMPLERS:
-        raise typer.BadParameter(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLER_NAMES)}")
-    return value
-
-
-Sampler = Annotated[str, typer.Option("--sampler", parser=_sampler_name, metavar="[" + "|".join(SAMPLER_NAMES) + "]",
-                                      help="Sampler (A1111 names: " + ", ".join(
-                                          f"{n} = {s.label}" for n, s in SAMPLERS.items()) + ").")]
-Scale = Annotated[Optional[float], typer.Option("--scale", help="Classifier-free guidance scale.")]
-Eta = Annotated[Optional[float], typer.Option("--eta", help="DDIM eta (0 = deterministic).")]
-Karras = Annotated[bool, typer.Option("--karras", help="Karras sigmas (dpmpp_2m, euler, euler_a).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the batch's first image, -1 for a random one; every "
-                                   "later image gets the next seed (a job's own seed wins).")]
-NSamples = Annotated[int, typer.Option("--n-samples", "-n", min=1, help="Images per job.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on CPU), float32, float16, "
-                                    "bfloat16.")]
-Out = Annotated[str, typer.Option("--out", "-o", help="Output directory, a .png file name, or - for stdout.")]
-NoEma = Annotated[bool, typer.Option("--no-ema", help="Use the non-EMA weights of a checkpoint that has both.")]
-Prediction = Annotated[Optional[str], typer.Option("--prediction", help="Override eps|v (SD2 768-v vs 512).")]
-FromFile = Annotated[Optional[str], typer.Option("--from-file", help="Jobs: text (a prompt per line) or JSONL; "
-                                                 "- reads stdin.")]
-Json = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout instead of paths.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Regenerate outputs that already exist.")]
-NoiseDevice = Annotated[Optional[str], typer.Option("--noise-device", help="auto (the model's device) or cpu: draw "
-                                                    "all sampling noise on the CPU, so a seed gives the same image "
-                                                    "on any device.")]
-Vocab = Annotated[Optional[str], typer.Option("--vocab", help="Tokenizer vocabulary file (BERT vocab.txt for LDM "
-                                              "text models; CLIP bpe_simple_vocab_16e6.txt.gz).")]
-Height = Annotated[Optional[int], typer.Option("--height", "-H", help="Image height in pixels.")]
-Width = Annotated[Optional[int], typer.Option("--width", "-W", help="Image width in pixels.")]
-NegPrompt = Annotated[str, typer.Option("--negative-prompt", help="What to steer away from (CFG uncond).")]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the first step of a run pays the "
-                                       "compilation (cached across runs in ~/.cache/ldmcli/inductor); pays off "
-                                       "on GPUs and long batches.")]
-
-
-def _common(**kw) -> dict:
-    return kw
-
 
 def _run(task: str, positional: dict, opts: dict) -> None:
     from ldmcli.cli.runner import run_task
@@ -96,37 +46,28 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
 
 
 @app.command()
+@shared_options()
 def txt2img(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
-            ckpt: Ckpt = None, config: Config = None, negative_prompt: NegPrompt = "", steps: Steps = None,
-            sampler: Sampler = "ddim", scale: Scale = None, eta: Eta = None, karras: Karras = False,
-            seed: Seed = 0, n_samples: NSamples = 1, batch_size: BatchSize = 4, height: Height = None,
-            width: Width = None, device: Device = "auto", dtype: Dtype = "auto", out: Out = "outputs",
-            no_ema: NoEma = False, prediction: Prediction = None, from_file: FromFile = None, json: Json = False,
-            quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
-            vocab: Vocab = None, compile: Compile = False):
+            negative_prompt: NegPrompt = "", height: Height = None, width: Width = None, opts: dict = None):
     """Generate images from a text prompt."""
-    _run("txt2img", {"prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width},
-         locals())
+    _run("txt2img", {"prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width}, opts)
 
 
 @app.command()
+@shared_options()
 def inpaint(image: Annotated[Optional[str], typer.Argument(help="Image to edit (any size; PNG/JPEG/...).")] = None,
             prompt: Annotated[Optional[str], typer.Argument(help="What to paint into the hole (text models).")] = None,
             mask: Annotated[Optional[str], typer.Option("--mask", help="Mask PNG: white = repaint.")] = None,
             mask_blur: Annotated[float, typer.Option("--mask-blur", min=0, help="Feather radius (pixels).")] = 0,
             invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint the black part.")] = False,
-            ckpt: Ckpt = None, config: Config = None, negative_prompt: NegPrompt = "", steps: Steps = None,
-            sampler: Sampler = "ddim", scale: Scale = None, eta: Eta = None, karras: Karras = False,
-            seed: Seed = 0, n_samples: NSamples = 1, batch_size: BatchSize = 4, device: Device = "auto",
-            dtype: Dtype = "auto", out: Out = "outputs", no_ema: NoEma = False, prediction: Prediction = None,
-            from_file: FromFile = None, json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False,
-            noise_device: NoiseDevice = None, vocab: Vocab = None, compile: Compile = False):
+            negative_prompt: NegPrompt = "", opts: dict = None):
     """Repaint the masked part of an image; pixels outside the mask stay unchanged."""
     _run("inpaint", {"image": image, "mask": mask, "prompt": prompt or "", "negative_prompt": negative_prompt,
-                     "mask_blur": mask_blur or None, "invert_mask": invert_mask or None}, locals())
+                     "mask_blur": mask_blur or None, "invert_mask": invert_mask or None}, opts)
 
 
 @app.command()
+@shared_options(exclude=("scale",), batch_size=1)
 def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution image.")] = None,
              prompt: Annotated[Optional[str], typer.Argument(help="Text guidance (SD x4 upscaler).")] = None,
              upscale: Annotated[int, typer.Option("--scale", help="Upscaling factor; must be the model's (4).")] = 4,
@@ -136,40 +77,31 @@ def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution
              tile_size: Annotated[Optional[int], typer.Option("--tile-size", help="Latent tile size.")] = None,
              tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Latent tile "
                                                                  "overlap.")] = None,
-             ckpt: Ckpt = None, config: Config = None, negative_prompt: NegPrompt = "", steps: Steps = None,
-             sampler: Sampler = "ddim", eta: Eta = None, karras: Karras = False, seed: Seed = 0,
-             n_samples: NSamples = 1, batch_size: BatchSize = 1, device: Device = "auto", dtype: Dtype = "auto",
-             out: Out = "outputs", no_ema: NoEma = False, prediction: Prediction = None, from_file: FromFile = None,
-             json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
-             vocab: Vocab = None, compile: Compile = False):
+             negative_prompt: NegPrompt = "", opts: dict = None):
     """Upscale an image 4x (overlapping latent tiles for large inputs). --guidance sets CFG here, since --scale is
     the upscaling factor."""
-    opts = dict(locals(), scale=guidance)
+    opts = dict(opts, scale=guidance)
     _run("superres", {"image": image, "prompt": prompt or "", "negative_prompt": negative_prompt,
                       "upscale": upscale, "noise_level": noise_level, "tile_size": tile_size,
                       "tile_overlap": tile_overlap}, opts)
 
 
 @app.command()
+@shared_options(exclude=TEXT_OPTIONS)
 def layout2img(layout: Annotated[Optional[str], typer.Argument(help="Layout JSON: [{label, box: [x0,y0,x1,y1]}], "
                                                                 "pixels or 0-1.")] = None,
                box: Annotated[Optional[List[str]], typer.Option("--box", help='"label x0 y0 x1 y1" (repeatable).')]
                = None,
                list_labels: Annotated[bool, typer.Option("--list-labels", help="Print the model's labels.")] = False,
-               height: Height = None, width: Width = None,
-               ckpt: Ckpt = None, config: Config = None, steps: Steps = None, sampler: Sampler = "ddim",
-               scale: Scale = None, eta: Eta = None, karras: Karras = False, seed: Seed = 0,
-               n_samples: NSamples = 1, batch_size: BatchSize = 4, device: Device = "auto", dtype: Dtype = "auto",
-               out: Out = "outputs", no_ema: NoEma = False, from_file: FromFile = None, json: Json = False,
-               quiet: Quiet = False, overwrite: Overwrite = False, noise_device: NoiseDevice = None,
-               compile: Compile = False):
+               height: Height = None, width: Width = None, opts: dict = None):
     """Draw objects inside the given boxes."""
     if list_labels:
-        _labels("layout2img", locals())
-    _run("layout2img", {"layout": layout, "boxes": box or None, "height": height, "width": width}, locals())
+        _labels("layout2img", opts)
+    _run("layout2img", {"layout": layout, "boxes": box or None, "height": height, "width": width}, opts)
 
 
 @app.command()
+@shared_options(exclude=TEXT_OPTIONS, batch_size=2)
 def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentation map: index PNG (mode L/P) or "
                                                                   "colour PNG with --palette.")] = None,
                  palette: Annotated[Optional[str], typer.Option("--palette", help="Colour -> label file (JSON "
@@ -179,18 +111,12 @@ def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentat
                                                                   "one pass, or native tiles when it would not "
                                                                   "fit in memory).")] = None,
                  tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Latent tile "
-                                                                     "overlap.")] = None,
-                 ckpt: Ckpt = None, config: Config = None, steps: Steps = None, sampler: Sampler = "ddim",
-                 scale: Scale = None, eta: Eta = None, karras: Karras = False, seed: Seed = 0,
-                 n_samples: NSamples = 1, batch_size: BatchSize = 2, device: Device = "auto",
-                 dtype: Dtype = "auto", out: Out = "outputs", no_ema: NoEma = False, from_file: FromFile = None,
-                 json: Json = False, quiet: Quiet = False, overwrite: Overwrite = False,
-                 noise_device: NoiseDevice = None, compile: Compile = False):
+                                                                     "overlap.")] = None, opts: dict = None):
     """Paint an image that follows a semantic segmentation map (any size: the model runs convolutionally)."""
     if list_labels:
-        _labels("semantic2img", locals())
+        _labels("semantic2img", opts)
     _run("semantic2img", {"segmap": segmap, "palette": palette, "tile_size": tile_size,
-                          "tile_overlap": tile_overlap}, locals())
+                          "tile_overlap": tile_overlap}, opts)
 
 
 def _labels(task: str, opts: dict) -> None:

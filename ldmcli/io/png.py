@@ -25,9 +25,17 @@ from ldmcli.sampling.table import SAMPLERS
 PathLike = Union[str, Path]
 
 # A1111's labels in A1111's order, with the job-record keys they are read from ("size" is width x height).
-_A1111_FIELDS = (("Steps", "steps"), ("Sampler", "sampler"), ("Schedule type", "schedule"), ("CFG scale", "scale"),
-                 ("Seed", "seed"), ("Size", "size"), ("Model hash", "model_hash"), ("Model", "model"),
-                 ("Eta DDIM", "eta_ddim"))
+_A1111_FIELDS = (
+    ("Steps", "steps"),
+    ("Sampler", "sampler"),
+    ("Schedule type", "schedule"),
+    ("CFG scale", "scale"),
+    ("Seed", "seed"),
+    ("Size", "size"),
+    ("Model hash", "model_hash"),
+    ("Model", "model"),
+    ("Eta DDIM", "eta_ddim"),
+)
 # One `Label: value` pair of the settings line; a value is a JSON string or runs to the next comma (as A1111).
 _A1111_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _UNSAFE_NAME = re.compile(r"[^\w.\-]+")  # keeps letters and digits (any script), '_', '.', '-'
