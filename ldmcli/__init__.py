@@ -13,10 +13,12 @@ _LAZY = {
     "load": "ldmcli.loading",
     "SamplerSettings": "ldmcli.sampling.settings",
     "txt2img": "ldmcli.tasks.txt2img",
+    "img2img": "ldmcli.tasks.img2img",
     "inpaint": "ldmcli.tasks.inpaint",
     "superres": "ldmcli.tasks.superres",
     "layout2img": "ldmcli.tasks.layout2img",
     "semantic2img": "ldmcli.tasks.semantic2img",
+    "sample": "ldmcli.tasks.sample",
     "TASKS": "ldmcli.tasks",
 }
 

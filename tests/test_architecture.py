@@ -88,7 +88,7 @@ def test_every_subcommand_is_a_row_of_the_task_table():
 
 def test_public_api_is_lazy_and_complete():
     code = ("import sys, ldmcli; assert 'torch' not in sys.modules; "
-            "names = ['load', 'SamplerSettings', 'txt2img', 'inpaint', 'superres', 'layout2img', 'semantic2img']; "
+            "names = ['load', 'SamplerSettings', 'txt2img', 'inpaint', 'superres', 'layout2img', 'semantic2img', 'sample']; "
             "[getattr(ldmcli, n) for n in names]; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr

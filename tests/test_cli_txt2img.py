@@ -119,7 +119,8 @@ model:
 
 def test_txt2img_lightning_ckpt_with_ema_and_yaml_config(tmp_path, monkeypatch):
     """A Lightning-style .ckpt ({"state_dict": ...} with model_ema.*) of an SD2-style v model, configured by an
-    original-format YAML. EMA weights are chosen by default; --no-ema picks the plain ones."""
+    original-format YAML. Its `use_ema: False` picks the plain weights by default, as the reference does; --ema
+    picks the EMA ones."""
     import ldmcli.loading.yaml_config as yc
     cfg = yc.config_from_yaml(TINY_SD2_YAML)
     # the tiny OpenCLIP tower: the YAML's FrozenOpenCLIPEmbedder means ViT-H (1024 wide); shrink it for the test
@@ -134,11 +135,11 @@ def test_txt2img_lightning_ckpt_with_ema_and_yaml_config(tmp_path, monkeypatch):
     yaml = tmp_path / "tiny-sd2.yaml"
     yaml.write_text(TINY_SD2_YAML)
     outs = {}
-    for flag in ([], ["--no-ema"]):
+    for flag in ([], ["--ema"]):
         out = tmp_path / f"o{len(flag)}.png"
         r = ldm("txt2img", "a blue star", "--ckpt", path, "--config", yaml, "--steps", 2, "-o", out, *flag)
         assert r.exit_code == 0, r.stderr
-        assert "EMA" in r.stderr if not flag else "plain" in r.stderr
+        assert "EMA" in r.stderr if flag else "plain" in r.stderr
         outs[len(flag)] = Image.open(out).tobytes()
     assert outs[0] != outs[1]
 

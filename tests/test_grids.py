@@ -63,15 +63,17 @@ def test_karras_grid():
 
 
 def test_schedule_table_and_grid_checks():
-    assert set(SCHEDULES) == {"uniform", "ddpm", "trailing", "karras"}
+    assert set(SCHEDULES) == {"uniform", "ddpm", "trailing", "karras", "exponential", "normal", "sgm_uniform"}
     assert all(spec.schedule in SCHEDULES for spec in SAMPLERS.values())
     assert all(callable(spec.sampler()) for spec in SAMPLERS.values())
     with pytest.raises(ValueError, match="a grid of 2 steps needs 3 alphas and sigmas"):
         Grid(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), torch.ones(3))
-    with pytest.raises(UsageError, match="unknown schedule 'cosine'; choose one of uniform, ddpm, trailing, karras"):
+    with pytest.raises(UsageError, match="unknown schedule 'cosine'; choose one of uniform, ddpm, trailing, karras, exponential"):
         grid_for("ddim", AC, 10, schedule="cosine")
     assert grid_for("euler", AC, 10, karras=True).t[0].item() == pytest.approx(999)
-    assert torch.equal(grid_for("euler", AC, 10, schedule="uniform").t, uniform(AC, 10).t)
+    assert torch.equal(grid_for("ddim", AC, 10, schedule="uniform").t, uniform(AC, 10).t)
+    # A1111's "Uniform" for the σ-space samplers: t = linspace(999, 0, n), then σ = 0
+    assert grid_for("euler", AC, 10, schedule="uniform").t.tolist() == torch.linspace(999, 0, 10).double().tolist()
 
 
 def test_table_and_settings_import_no_torch():
@@ -80,8 +82,8 @@ def test_table_and_settings_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["ddim", "plms", "ddpm", "euler", "euler_a", "dpmpp_2m"])
-@pytest.mark.parametrize("schedule", ["uniform", "trailing", "karras"])
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("schedule", ["uniform", "trailing", "karras", "exponential", "normal", "sgm_uniform"])
 def test_any_sampler_runs_on_any_schedule(name, schedule):
     grid = SCHEDULES[schedule](AC, 6)
     out = sample(name, toy(1), x_T(), grid, noise=seeded_noise([1, 2]))
@@ -90,18 +92,20 @@ def test_any_sampler_runs_on_any_schedule(name, schedule):
 
 # -- partial start --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("steps", [1, 7, 10, 50])
-def test_tail_keeps_the_last_ceil_strength_steps(steps):
+def test_tail_keeps_the_last_floor_strength_steps(steps):
+    """As diffusers' img2img (`int(num_inference_steps * strength)`) and A1111 count them."""
     grid = uniform(AC, steps)
     n = len(grid)
     for strength in (0.01, 0.25, 0.3, 0.5, 0.75, 0.999, 1.0):
         tail = grid.tail(strength)
-        m = math.ceil(round(strength * n, 9))
-        assert len(tail) == m >= 1
+        m = math.floor(round(strength * n, 9))
+        assert len(tail) == m == int(strength * n + 1e-9)
         assert torch.equal(tail.t, grid.t[n - m:]) and torch.equal(tail.alphas, grid.alphas[n - m:])
         assert torch.equal(tail.sigmas, grid.sigmas[n - m:])
     assert len(uniform(AC, 10).tail(0.3)) == 3                  # 0.3·10 is 3.0000000000000004 in floating point
     assert torch.equal(grid.tail(1.0).t, grid.t)
-    for bad in (0, -0.5, 1.5):
+    assert len(grid.tail(0)) == 0 and len(uniform(AC, 10).tail(0.75)) == 7
+    for bad in (-0.5, 1.5):
         with pytest.raises(ValueError, match="strength must be in"):
             grid.tail(bad)
 

@@ -21,6 +21,12 @@ def _t2i(ckpt, out, *more, prompt="a red circle"):
     return _run("txt2img", prompt, "--ckpt", ckpt, "--steps", 2, "-o", out, *more)
 
 
+def _pixels(path) -> bytes:
+    from PIL import Image
+    with Image.open(path) as img:
+        return img.tobytes()
+
+
 def _record(path):
     from ldmcli.io.png import read_metadata
     return read_metadata(path)["ldmcli"]
@@ -157,3 +163,30 @@ def test_stale_temporary_files_of_dead_writers_are_cleared(sd1_file, tmp_path):
     (out / "notes.tmp-x").write_text("not ours")
     assert _t2i(sd1_file, out).exit_code == 0
     assert not stale.exists() and (out / "notes.tmp-x").exists()
+
+
+def test_a1111_sampler_names_and_schedules_through_the_cli(sd1_file, tmp_path):
+    """`--sampler "DPM++ 2M Karras"` is dpmpp_2m on the karras schedule: recorded, written the A1111 way, replayed;
+    a job file may set the schedule per job."""
+    from ldmcli.io.png import read_metadata
+    r = _t2i(sd1_file, tmp_path / "a.png", "--sampler", "DPM++ 2M Karras")
+    assert r.exit_code == 0, r.stderr
+    meta = read_metadata(tmp_path / "a.png")
+    assert (meta["ldmcli"]["sampler"], meta["ldmcli"]["schedule"]) == ("dpmpp_2m", "karras")
+    assert meta["parameters"]["Sampler"] == "DPM++ 2M" and meta["parameters"]["Schedule type"] == "Karras"
+    assert _t2i(sd1_file, tmp_path / "b.png", "--sampler", "dpmpp_2m", "--schedule", "karras").exit_code == 0
+    assert _pixels(tmp_path / "a.png") == _pixels(tmp_path / "b.png")
+    assert _t2i(sd1_file, tmp_path / "e.png", "--sampler", "dpmpp_2m").exit_code == 0
+    assert _pixels(tmp_path / "a.png") != _pixels(tmp_path / "e.png")
+    again = _run("replay", tmp_path / "a.png", "-o", tmp_path / "c.png")
+    assert again.exit_code == 0 and _pixels(tmp_path / "c.png") == _pixels(tmp_path / "a.png")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a", "sampler": "Euler a", "schedule": "exponential", "seed": 3}\n')
+    r = _run("txt2img", "--ckpt", sd1_file, "--steps", 2, "-o", tmp_path / "out", "--from-file", jobs, "--json")
+    assert r.exit_code == 0, r.stderr
+    rec = read_metadata(json.loads(r.stdout)["path"])["ldmcli"]
+    assert (rec["sampler"], rec["schedule"]) == ("euler_a", "exponential")
+    assert _t2i(sd1_file, tmp_path / "d.png", "--schedule", "nonsense").exit_code == 2
+    jobs.write_text('{"prompt": "a", "schedule": "nonsense"}\n')
+    r = _run("txt2img", "--ckpt", sd1_file, "-o", tmp_path / "out2", "--from-file", jobs)
+    assert r.exit_code == 2 and "unknown schedule 'nonsense'" in r.stderr

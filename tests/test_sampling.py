@@ -6,6 +6,7 @@ the error table.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -133,7 +134,8 @@ def _diffusers_trajectory(sched, out_fn, x, steps, vp, step_kw, frac_t):
         tm = float(sched._sigma_to_t(np.array(sig[i].item()), log_sigmas)) if frac_t else float(t)
         inp = x if vp else sched.scale_model_input(x, t)
         out = out_fn(inp, torch.full((x.shape[0],), tm, dtype=x.dtype))
-        x = sched.step(out, t, x, generator=g, **step_kw).prev_sample
+        gen = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}   # not UniPC
+        x = sched.step(out, t, x, **gen, **step_kw).prev_sample
         traj.append(x if vp or sig is None else x / math.sqrt(1 + sig[i + 1].item() ** 2))
     return traj
 
@@ -341,12 +343,12 @@ def test_seeded_sampling_independent_of_batch(name):
 def test_dispatch_errors():
     model = toy(0)
     grid = uniform(AC, 10)
-    with pytest.raises(UsageError, match="unknown sampler 'lms'; choose one of ddim, plms, ddpm, dpmpp_2m, euler"):
-        sample("lms", model, x_T(), grid)
+    with pytest.raises(UsageError, match="unknown sampler 'lmz'; choose one of ddim, plms, ddpm, dpmpp_2m, euler"):
+        sample("lmz", model, x_T(), grid)
     with pytest.raises(UsageError, match="PLMS is deterministic: eta must be 0"):
         sample("plms", model, x_T(), grid, eta=0.5)
-    with pytest.raises(UsageError, match="Karras sigmas apply to dpmpp_2m, euler, euler_a only, not ddim"):
-        grid_for("ddim", AC, 10, karras=True)
+    with pytest.raises(UsageError, match="--karras asks for the karras schedule, not 'exponential'"):
+        grid_for("ddim", AC, 10, karras=True, schedule="exponential")
     with pytest.raises(UsageError, match="latent inpainting needs both x0_known and mask"):
         run("ddim", model, x_T(), 10, mask=torch.ones(SHAPE))
 

@@ -23,6 +23,21 @@ SD2_TINY = C.ModelConfig(name="tiny-sd2", task="txt2img",
                                            context_dim=32, use_linear_in_transformer=True),
                          first_stage=TINY_VAE, cond_stage=TINY_OPENCLIP, parameterization="v", latent_size=8,
                          default_steps=4, default_guidance=9.0)
+# `ldm sample` (tests/test_sample.py): a cin256-v2-like class model (VQ first stage, the class id as one cross-attention
+# token, 1001 classes = ImageNet's 1000 + the null class) and a celeba-like unconditional one (ADM attention, no context)
+_VQ_LDM = dict(first_stage=TINY_VQ, linear_start=0.0015, linear_end=0.0195, scale_factor=1.0, latent_size=8,
+               latent_channels=3, default_steps=4, default_eta=1.0)
+CIN_TINY = C.ModelConfig(name="tiny-cin", task="class2img",
+                         unet=C.UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2),
+                                           attention_resolutions=(2,), num_heads=-1, num_head_channels=16,
+                                           context_dim=32),
+                         cond_stage=C.ClassEmbedderConfig(n_classes=1001, embed_dim=32), conditioning_key="crossattn",
+                         default_guidance=3.0, **_VQ_LDM)
+UNCOND_TINY = C.ModelConfig(name="tiny-uncond", task="uncond",
+                            unet=C.UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2),
+                                              attention_resolutions=(2,), num_heads=-1, num_head_channels=16,
+                                              use_spatial_transformer=False),
+                            cond_stage=None, conditioning_key=None, default_guidance=1.0, **_VQ_LDM)
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:

@@ -13,11 +13,11 @@ from typing_extensions import Annotated
 
 from ldmcli.cli.guard import OneLineErrors
 from ldmcli.cli.options import (TEXT_OPTIONS, Ckpt, Device, Dtype, Eta, Height, Json, NegPrompt, Out, Quiet, Scale,
-                                Seed, Steps, Width, shared_options)
+                                Seed, Steps, Width, defaults_epilog, shared_options)
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Latent Diffusion from the command line: txt2img, inpaint, superres, layout2img, "
-                       "semantic2img.\n\nExit codes: 0 ok, 1 runtime failure, 2 bad input, 3 partial batch "
+                       "semantic2img, sample.\n\nExit codes: 0 ok, 1 runtime failure, 2 bad input, 3 partial batch "
                        "failure, 130 interrupted, 141 stdout closed, 143 terminated.")
 weights_app = typer.Typer(no_args_is_help=True, help="List and verify known and embedded checkpoints.")
 app.add_typer(weights_app, name="weights")
@@ -45,7 +45,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
     _STATE["debug"] = debug
 
 
-@app.command()
+@app.command(epilog=defaults_epilog("txt2img"))
 @shared_options()
 def txt2img(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
             negative_prompt: NegPrompt = "", height: Height = None, width: Width = None, opts: dict = None):
@@ -53,7 +53,21 @@ def txt2img(prompt: Annotated[Optional[str], typer.Argument(help="What to draw."
     _run("txt2img", {"prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width}, opts)
 
 
-@app.command()
+@app.command(epilog=defaults_epilog("txt2img"))   # img2img runs a text-to-image model
+@shared_options()
+def img2img(image: Annotated[Optional[str], typer.Argument(help="Image to redraw (resized to --height x --width, "
+                                                             "else floored to the model's multiple).")] = None,
+            prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
+            strength: Annotated[float, typer.Option("--strength", min=0, max=1, help="Denoising strength: the "
+                                                    "fraction of the steps that run (0 = the image back, 1 = "
+                                                    "nearly txt2img).")] = 0.75,
+            negative_prompt: NegPrompt = "", height: Height = None, width: Width = None, opts: dict = None):
+    """Redraw an image toward a text prompt (SDEdit: --strength of the schedule from the image)."""
+    _run("img2img", {"image": image, "prompt": prompt or "", "negative_prompt": negative_prompt,
+                     "strength": strength, "height": height, "width": width}, opts)
+
+
+@app.command(epilog=defaults_epilog("inpaint"))
 @shared_options()
 def inpaint(image: Annotated[Optional[str], typer.Argument(help="Image to edit (any size; PNG/JPEG/...).")] = None,
             prompt: Annotated[Optional[str], typer.Argument(help="What to paint into the hole (text models).")] = None,
@@ -66,7 +80,7 @@ def inpaint(image: Annotated[Optional[str], typer.Argument(help="Image to edit (
                      "mask_blur": mask_blur or None, "invert_mask": invert_mask or None}, opts)
 
 
-@app.command()
+@app.command(epilog=defaults_epilog("superres"))
 @shared_options(exclude=("scale",), batch_size=1)
 def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution image.")] = None,
              prompt: Annotated[Optional[str], typer.Argument(help="Text guidance (SD x4 upscaler).")] = None,
@@ -86,7 +100,7 @@ def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution
                       "tile_overlap": tile_overlap}, opts)
 
 
-@app.command()
+@app.command(epilog=defaults_epilog("layout2img"))
 @shared_options(exclude=TEXT_OPTIONS)
 def layout2img(layout: Annotated[Optional[str], typer.Argument(help="Layout JSON: [{label, box: [x0,y0,x1,y1]}], "
                                                                 "pixels or 0-1.")] = None,
@@ -100,7 +114,7 @@ def layout2img(layout: Annotated[Optional[str], typer.Argument(help="Layout JSON
     _run("layout2img", {"layout": layout, "boxes": box or None, "height": height, "width": width}, opts)
 
 
-@app.command()
+@app.command(epilog=defaults_epilog("semantic2img"))
 @shared_options(exclude=TEXT_OPTIONS, batch_size=2)
 def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentation map: index PNG (mode L/P) or "
                                                                   "colour PNG with --palette.")] = None,
@@ -119,10 +133,41 @@ def semantic2img(segmap: Annotated[Optional[str], typer.Argument(help="Segmentat
                           "tile_overlap": tile_overlap}, opts)
 
 
+def _sample_epilog() -> str:
+    """`ldm sample` has no embedded model: the reference defaults of the class and unconditional families."""
+    from ldmcli.loading.registry import family_defaults
+    return f"The families' reference defaults: {family_defaults('class2img')}; {family_defaults('uncond')}."
+
+
+@app.command(epilog=_sample_epilog())
+@shared_options(exclude=TEXT_OPTIONS)
+def sample(label: Annotated[Optional[str], typer.Option("--class", help="Class-conditional models: an ImageNet id "
+                                                        "(0-999) or name (see --list-labels); 'unconditional' is "
+                                                        "cin256-v2's null class. None for unconditional "
+                                                        "models.")] = None,
+           list_labels: Annotated[bool, typer.Option("--list-labels", help="Print the class names.")] = False,
+           height: Height = None, width: Width = None, opts: dict = None):
+    """Sample a class-conditional (ImageNet cin256, cin256-v2) or unconditional (CelebA-HQ, FFHQ, LSUN) model;
+    --scale guides cin256-v2 against its null class."""
+    if list_labels:
+        _labels("sample", opts)
+    _run("sample", {"class": label, "height": height, "width": width}, opts)
+
+
 def _labels(task: str, opts: dict) -> None:
     from ldmcli.cli.commands import print_labels
     from ldmcli.cli.guard import guarded
     raise typer.Exit(guarded(lambda: print_labels(task, opts), debug=_STATE["debug"]))
+
+
+@app.command()
+def samplers():
+    """List the samplers: name, A1111 label, default schedule, the schedules they take, --eta."""
+    from ldmcli.sampling.table import table_rows
+    rows = [("name", "A1111", "default schedule", "schedules", "eta"), *table_rows()]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 @app.command()

@@ -68,7 +68,9 @@ _RECORD = {"task": (_TEXT, True), "steps": (_INT, True), "sampler": (_TEXT, True
            "image": (_TEXT, False), "mask": (_TEXT, False), "layout": (_TEXT, False), "segmap": (_TEXT, False),
            "height": (_INT, False), "width": (_INT, False), "extra": ((dict,), False), "karras": (_FLAG, False),
            "ckpt_path": (_TEXT, False), "noise_device": (_TEXT, False), "ema": (_FLAG, False),
-           "prediction": (_TEXT, False)}
+           "prediction": (_TEXT, False), "vae_path": (_TEXT, False),
+           "lora_dir": (_TEXT, False),
+           "clip_skip": (_INT, False), "embedding_paths": ((list,), False)}
 
 
 def _check_record(image: str, rec) -> None:
@@ -109,8 +111,13 @@ def replay_opts(image: str, given: dict) -> dict:
     positional.update(rec.get("extra") or {})
     opts = {"ckpt": given.get("ckpt") or rec.get("ckpt_path"), "config": None, "steps": rec["steps"],
             "sampler": rec["sampler"], "scale": rec["scale"], "eta": rec["eta"], "karras": rec.get("karras"),
+            "schedule": rec.get("schedule"),
             "seed": rec["seed"], "n_samples": 1, "batch_size": 1, "device": given.get("device"),
             "dtype": given.get("dtype"), "out": given.get("out"), "quiet": given.get("quiet"),
             "json": given.get("json"), "overwrite": True, "noise_device": rec.get("noise_device"),
-            "from_file": None, "no_ema": not rec.get("ema", True), "prediction": rec.get("prediction")}
+            "from_file": None, "ema": rec.get("ema"), "prediction": rec.get("prediction"),
+            "vae": given.get("vae") or rec.get("vae_path"),
+            "lora": None, "lora_dir": rec.get("lora_dir"),    # the LoRA files: in `extra` and the prompt's tags
+            "clip_skip": rec.get("clip_skip"), "embedding": rec.get("embedding_paths"), "embedding_dir": None,
+            "no_prompt_syntax": False}      # a job's no_prompt_syntax: in `extra`
     return {"task": task, "positional": positional, "opts": opts}

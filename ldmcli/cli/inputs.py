@@ -15,7 +15,11 @@ from ldmcli.tasks import task as task_row
 # guidance scale of every subcommand.
 OPTIONS = {"mask_blur": (float, 0.0), "invert_mask": (bool, False), "upscale": (int, 4),
            "noise_level": (int, None), "tile_size": (int, None), "tile_overlap": (int, None),
-           "palette": (str, None), "boxes": (list, None)}
+           "palette": (str, None), "boxes": (list, None),
+           "no_prompt_syntax": (bool, False),
+           "strength": (float, 0.75)}
+OPTIONS["class"] = ((int, str), None)   # `ldm sample --class`: an id or a name (JSONL may give either)
+OPTIONS["lora"] = (list, None)          # --lora / a job's "lora": ["FILE:WEIGHT", ...] (loading/lora.py)
 
 
 def job_option(job, name: str):
@@ -27,6 +31,10 @@ def job_option(job, name: str):
         return value if value is None else float(value)
     if kind is list and isinstance(value, (str, dict)):
         return [value]
+    if isinstance(kind, tuple):     # several JSON types allowed (bool, an int subclass, is none of them)
+        if type(value) not in kind:
+            raise UsageError(f"option {name!r} should be {' or '.join(k.__name__ for k in kind)}, got {value!r}")
+        return value
     if type(value) is not kind:
         raise UsageError(f"option {name!r} should be {kind.__name__}, got {value!r}")
     return value
@@ -69,10 +77,18 @@ def _segmap(job, model, got):
     return seg
 
 
+def _prompt(job, text):
+    """A prompt as the task gets it: marked literal when the job says no_prompt_syntax (ldmcli/prompts)."""
+    if text is None or not job_option(job, "no_prompt_syntax"):
+        return text
+    from ldmcli.prompts import LiteralPrompt
+    return LiteralPrompt(text)
+
+
 # parameter name -> reader(job, model, inputs read so far)
 READERS: Dict[str, Callable] = {
-    "prompt": lambda job, model, got: job.prompt,
-    "negative_prompt": lambda job, model, got: job.negative_prompt,
+    "prompt": lambda job, model, got: _prompt(job, job.prompt),
+    "negative_prompt": lambda job, model, got: _prompt(job, job.negative_prompt),
     "height": lambda job, model, got: job.height,
     "width": lambda job, model, got: job.width,
     "image": _image,
@@ -83,6 +99,9 @@ READERS: Dict[str, Callable] = {
     "noise_level": lambda job, model, got: job_option(job, "noise_level"),
     "tile_size": lambda job, model, got: job_option(job, "tile_size"),
     "tile_overlap": lambda job, model, got: job_option(job, "tile_overlap"),
+    "strength": lambda job, model, got: job_option(job, "strength"),
+    "mask_blur": lambda job, model, got: job_option(job, "mask_blur"),
+    "label": lambda job, model, got: job_option(job, "class"),
 }
 
 

@@ -38,6 +38,7 @@ class Job:
     steps: Optional[int] = None
     scale: Optional[float] = None
     sampler: Optional[str] = None
+    schedule: Optional[str] = None  # a --schedule choice (a display-name `sampler` may carry one too)
     image: Optional[str] = None     # paths, resolved against the job file's directory
     mask: Optional[str] = None
     layout: Optional[str] = None
@@ -109,7 +110,7 @@ def _seed(value):
 
 # The check and conversion of each Job field's JSON value: TypeError says what was expected, ValueError why not.
 _CHECKS = {"prompt": _text, "negative_prompt": _text, "seed": _seed, "steps": _count, "scale": _number,
-           "sampler": _text, "image": _path, "mask": _path, "layout": _path, "segmap": _path, "name": _text,
+           "sampler": _text, "schedule": _text, "image": _path, "mask": _path, "layout": _path, "segmap": _path, "name": _text,
            "n_samples": _samples, "height": _count, "width": _count, "extra": _object}
 _FILES = {f for t in TASKS.values() for f in t.files}            # the task table's file inputs:
 PATH_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f in _FILES)   # Job fields,
@@ -243,6 +244,8 @@ def fingerprint(task: str, job: Job, opts: dict) -> str:
     import hashlib
     import json
     fields = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("name", "n_samples", "seed", "tag")}
+    if fields.get("schedule") is None:   # a job without one keeps the fingerprint it had before the field existed
+        fields.pop("schedule", None)
     options = {k: v for k, v in sorted(opts.items()) if k not in _NOT_IN_FINGERPRINT and v is not None}
     text = json.dumps([task, fields, options], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]

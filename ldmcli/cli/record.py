@@ -25,15 +25,47 @@ def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
         "task": task, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "steps": settings.steps, "sampler": settings.sampler,
         "scale": settings.guidance_scale, "eta": settings.eta, "karras": settings.karras,
+        "schedule": getattr(settings, "schedule", None),
         "noise_device": settings.noise_device, "seed": seed, "width": size[0], "height": size[1],
         "model": model.cfg.name, "model_hash": model_hash(ckpt) if ckpt else "",
         "ckpt": Path(ckpt).name if ckpt else "", "ckpt_path": str(Path(ckpt).resolve()) if ckpt else "",
         "ema": loaded.ema,
+        "denoising_strength": _strength(task, job),
+        "vae": Path(loaded.vae).name if getattr(loaded, "vae", None) else None,
+        "vae_hash": vae_hash(loaded.vae) if getattr(loaded, "vae", None) else None,
+        "vae_path": str(Path(loaded.vae).resolve()) if getattr(loaded, "vae", None) else None,
         "prediction": model.cfg.parameterization, "job": index,
         "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
         "extra": job.extra, "fingerprint": job.tag, "ldmcli_version": _version(),
     }
+    from ldmcli.prompts import setup_record
+    record.update(setup_record(model))      # clip skip, embeddings with their hashes (A1111 `TI hashes`)
+    if task == "sample":    # the class as resolved: id and name ({} for an unconditional model)
+        from ldmcli.tasks.sample import class_record
+        from ldmcli.cli.inputs import job_option
+        record.update(class_record(model, job_option(job, "class")))
     return record
+
+
+@lru_cache(maxsize=8)
+def vae_hash(path: str) -> str:
+    """A1111's `VAE hash`: SHA-256 of the whole file, first 10 hex digits."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()[:10]
+
+
+def _strength(task, job):
+    """img2img's denoising strength (A1111 `Denoising strength`); None for the other tasks."""
+    if task != "img2img":
+        return None
+    from ldmcli.cli.inputs import job_option
+    return job_option(job, "strength")
 
 
 def _version() -> str:

@@ -27,6 +27,10 @@ def build_jobs(task: str, positional: dict, opts: dict):
                 "height": positional.get("height"), "width": positional.get("width")}
     # the task's own options (--palette, --noise-level, ...): a job's `extra`, for every job of a --from-file batch
     extra = {k: v for k, v in positional.items() if k not in Job.__dataclass_fields__ and v is not None}
+    if opts.get("no_prompt_syntax"):    # every job's, unless a --from-file job's `extra` sets its own
+        extra["no_prompt_syntax"] = True
+    if opts.get("lora"):    # --lora FILE[:WEIGHT]: every job's, unless a --from-file job's `extra` sets its own
+        extra["lora"] = list(opts["lora"])
     if opts.get("from_file"):
         given = [k for k in ("prompt", "image", "layout", "segmap") if positional.get(k)]
         if given:
@@ -46,6 +50,9 @@ def _absolute_inputs(task: str, job):
         where = job.__dict__ if what in job.__dataclass_fields__ else job.extra
         if isinstance(where.get(what), str) and where[what]:
             where[what] = os.path.abspath(expand_user(where[what]))
+    if job.extra.get("lora") is not None:      # LoRA files too: FILE[:WEIGHT] strings
+        from ldmcli.loading.lora import absolute_specs
+        job.extra["lora"] = absolute_specs(job.extra["lora"])
     return job
 
 
@@ -62,7 +69,8 @@ def _settings(opts: dict, job):
     from ldmcli.sampling.settings import SamplerSettings
     return SamplerSettings(sampler=job.sampler or opts.get("sampler") or "ddim", steps=job.steps,
                            guidance_scale=job.scale, eta=opts.get("eta"), karras=bool(opts.get("karras")),
-                           noise_device=opts.get("noise_device"))
+                           noise_device=opts.get("noise_device"),
+                           schedule=getattr(job, "schedule", None) or opts.get("schedule"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,6 +79,7 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
     from ldmcli.cli.jobs import fingerprint, shard
     from ldmcli.cli.outputs import first_seeds, image_paths, plan_target
     from ldmcli.cli.validate import check_options
+    from ldmcli.loading.lora import check_job_loras
     console = Console(quiet=bool(opts.get("quiet")))
     jobs = build_jobs(task, positional, opts)
     check_options(task, opts, jobs)     # what needs no model, refused before anything loads (cli/validate.py)
@@ -92,6 +101,7 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
             if not pending:
                 continue
             _precheck(task, job)
+            check_job_loras(job, opts)      # files, weights, tags and layouts; their shapes need the model
             ready.append((i, job, pending))
         except LdmError as e:
             console.error(f"job {i + 1}: {e}")
@@ -166,10 +176,18 @@ def _exit_code(failures: list, n: int) -> int:
 
 def load_model(task, opts, console, rank):
     from ldmcli.loading import load
+    from ldmcli.prompts.embeddings import embedding_files, load_embeddings
+    # embeddings are read (and bad files refused) before the model loads; their width is checked against it after
+    embeddings = load_embeddings(embedding_files(opts.get("embedding") or (), [opts["embedding_dir"]]
+                                                 if opts.get("embedding_dir") else ()))
     t0 = time.perf_counter()
     model, info = load(opts.get("ckpt"), task=task, config=opts.get("config"), device=opts.get("device") or "auto",
-                       dtype=opts.get("dtype") or "auto", use_ema=not opts.get("no_ema"),
-                       prediction=opts.get("prediction"), vocab=opts.get("vocab"))
+                       dtype=opts.get("dtype") or "auto", use_ema=opts.get("ema"),
+                       prediction=opts.get("prediction"), vocab=opts.get("vocab"),
+                       vae=opts.get("vae"))
+    if embeddings or opts.get("clip_skip") is not None:
+        from ldmcli.prompts import configure
+        configure(model, embeddings=embeddings, clip_skip=opts.get("clip_skip"))
     if opts.get("compile"):
         from ldmcli.loading.compiling import compile_unet
         where = compile_unet(model)
@@ -193,17 +211,21 @@ def _run_job(task, model, loaded, work, opts, paths, console) -> None:
     from ldmcli.cli.inputs import run_job
     from ldmcli.cli.record import job_record
     from ldmcli.io.png import write_png_atomic, write_png_stdout
+    from ldmcli.loading.lora import apply_job_loras
     index, job, seed, pending = work
+    # the job's LoRAs merged (the previous job's restored first); `run` is the job with its <lora:...> tags cut out
+    run, lora_fields = apply_job_loras(model, job, opts)
     settings = _settings(opts, job).resolved(model.cfg)
     batch = max(1, int(opts.get("batch_size") or 1))
     for start in range(0, len(pending), batch):
         ks = pending[start:start + batch]
         t0 = time.perf_counter()
         with console.progress(settings.steps, f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}") as adv:
-            images = run_job(task, model, job, [seed + k for k in ks], settings, lambda *a: adv())
+            images = run_job(task, model, run, [seed + k for k in ks], settings, lambda *a: adv())
         dt = (time.perf_counter() - t0) / len(ks)
         for k, img in zip(ks, images):
             record = job_record(task, model, loaded, job, settings, seed + k, img.size, index)
+            record.update(lora_fields)
             if paths[(index, k)] == Path("-"):
                 write_png_stdout(img, record)
                 continue

@@ -83,6 +83,12 @@ def _check_model_paths(opts: dict) -> None:
             if path.exists() and (name == "ckpt" or path.suffix in (".yaml", ".yml")):
                 check_regular_file(path, "checkpoint" if name == "ckpt" else "config",
                                    CheckpointError if name == "ckpt" else UsageError)
+    vae = opts.get("vae")
+    if isinstance(vae, str) and vae:   # --vae: an existing regular file, checked before the model loads
+        path = expand_user(vae)
+        if not path.exists():
+            raise CheckpointError(f"--vae file not found: {path}")
+        check_regular_file(path, "VAE", CheckpointError)
 
 
 def check_options(task: str, opts: dict, jobs=()) -> None:
@@ -112,6 +118,7 @@ def _check_numbers(task: str, fields: dict, extra: dict) -> None:
         if fields.get(side) is not None and fields[side] > MAX_SIDE:   # the words of tasks.geometry.check_size
             raise UsageError(f"--{side} {fields[side]} is over the {MAX_SIDE} px limit")
     _finite("mask-blur", extra.get("mask_blur"), 0, MAX_MASK_BLUR)
+    _finite("strength", extra.get("strength"), 0, 1)
     _whole("noise-level", extra.get("noise_level"), 0, MAX_NOISE_LEVEL)
     _whole("scale" if task == "superres" else "upscale", extra.get("upscale"), 1)
     _whole("tile-size", extra.get("tile_size"), 1, MAX_SIDE)
@@ -134,8 +141,12 @@ def check_job(task: str, job) -> None:
     extra = {name: job_option(job, name) for name in OPTIONS if name in job.extra}   # typed, or UsageError
     _check_numbers(task, job.__dict__, extra)
     if job.sampler is not None:
-        from ldmcli.sampling.table import sampler_spec
-        sampler_spec(job.sampler)
+        from ldmcli.sampling.table import parse_sampler
+        parse_sampler(job.sampler)      # a name of the table or an A1111 display name
+    if getattr(job, "schedule", None) is not None:
+        from ldmcli.sampling.table import SCHEDULE_LABELS
+        if job.schedule not in SCHEDULE_LABELS:
+            raise UsageError(f"unknown schedule {job.schedule!r}; choose one of {', '.join(SCHEDULE_LABELS)}")
     _check_images(job)
     if task == "layout2img":
         _check_layout(job)

@@ -20,7 +20,7 @@ from PIL import Image, PngImagePlugin
 from ldmcli.errors import InputError, LdmError, OutputClosed, UsageError, one_line
 from ldmcli.io.atomic import atomic_write
 from ldmcli.io.images import read_image
-from ldmcli.sampling.table import SAMPLERS
+from ldmcli.sampling.table import SAMPLERS, schedule_label
 
 PathLike = Union[str, Path]
 
@@ -34,6 +34,12 @@ _A1111_FIELDS = (
     ("Size", "size"),
     ("Model hash", "model_hash"),
     ("Model", "model"),
+    ("VAE hash", "vae_hash"),
+    ("VAE", "vae"),
+    ("Denoising strength", "denoising_strength"),
+    ("Clip skip", "clip_skip"),
+    ("Lora hashes", "lora_hashes"),
+    ("TI hashes", "ti_hashes"),
     ("Eta DDIM", "eta_ddim"),
 )
 # One `Label: value` pair of the settings line; a value is a JSON string or runs to the next comma (as A1111).
@@ -58,6 +64,8 @@ def a1111_parameters(record: dict) -> str:
         values["sampler"] = spec.label if spec else values["sampler"]
     # A1111 (1.9 and later) names the σ schedule apart from the sampler, and writes DDIM's η when it is not 0
     values["schedule"] = "Karras" if record.get("karras") else None
+    if record.get("schedule") and record.get("sampler") in SAMPLERS:     # --schedule: A1111's "Schedule type"
+        values["schedule"] = schedule_label(record["sampler"], record["schedule"])
     values["eta_ddim"] = record.get("eta") if record.get("sampler") == "ddim" and record.get("eta") else None
     settings = ", ".join(f"{label}: {_a1111_quote(values[key])}"
                          for label, key in _A1111_FIELDS if values.get(key) not in (None, ""))

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ldmcli.loading.checkpoint import LoadRecord
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+_MODEL_TASK = {"img2img": "txt2img"}   # subcommands that run another task's model (its embedded default too)
 
 
 def pick_device(device: str = "auto", local_rank: Optional[int] = None):
@@ -54,10 +55,12 @@ def pick_dtype(dtype: str, device):
 
 
 def load(ckpt: Optional[str] = None, *, task: str = "txt2img", config=None, device: str = "auto",
-         dtype: str = "auto", use_ema: bool = True, prediction: Optional[str] = None,
-         vocab: Optional[str] = None) -> "tuple[object, LoadRecord]":
+         dtype: str = "auto", use_ema: Optional[bool] = None, prediction: Optional[str] = None,
+         vocab: Optional[str] = None, vae: Optional[str] = None) -> "tuple[object, LoadRecord]":
     """Load a checkpoint (path or registry name), or the embedded default for `task` when `ckpt` is None.
 
+    use_ema: True/False run a file's EMA/plain UNet weights; None as the family's reference config does.
+    vae: a standalone first-stage file (loading/vae.py) that replaces the checkpoint's.
     Returns (LatentDiffusion, LoadRecord): the record holds the file read, the family, EMA, device and dtype.
     """
     from ldmcli.loading.checkpoint import load_model
@@ -68,6 +71,13 @@ def load(ckpt: Optional[str] = None, *, task: str = "txt2img", config=None, devi
     path = resolve_ckpt(ckpt, task)
     model, record = load_model(path, config=config, use_ema=use_ema, prediction=prediction, device=dev, dtype=dt)
     _attach_tokenizer(model, vocab, path)
+    if vae:
+        import dataclasses
+        from ldmcli.io.paths import expand_user
+        from ldmcli.loading.vae import apply_vae
+        vae_path = expand_user(vae)
+        apply_vae(model, vae_path)
+        record = dataclasses.replace(record, vae=str(vae_path))
     return model, record
 
 
@@ -96,7 +106,7 @@ def resolve_ckpt(ckpt: Optional[str], task: str) -> Path:
         from ldmcli.loading.registry import registry_path
         return registry_path(ckpt)
     from ldmcli.loading.registry import default_path
-    return default_path(task)
+    return default_path(_MODEL_TASK.get(task, task))
 
 
 def __getattr__(name: str):

@@ -1,7 +1,8 @@
 """Read, normalise, detect and strictly load LDM / Stable Diffusion checkpoints (MODELS.md §7).
 
 Reading never executes code: `.safetensors` is memory-mapped, `.ckpt` goes through `torch.load(weights_only=True)`.
-Normalising happens once, here: Lightning nesting, EMA weights (`model_ema.*`, chosen by default), stray keys.
+Normalising happens once, here: Lightning nesting, EMA weights (`model_ema.*`, where the family's reference config
+says `use_ema: true`, or as asked), stray keys.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class LoadRecord:
     unexpected: Tuple[str, ...] = ()    # keys neither used nor known to be ignorable
     zero_filled: Tuple[str, ...] = ()   # optional parameters the file lacked, materialised as zeros
     metadata: Dict[str, str] = field(default_factory=dict, compare=False)  # the safetensors header's strings
+    vae: str = ""                       # the --vae file whose first stage replaced the checkpoint's, if any
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,20 +194,24 @@ def split_prefix(sd: StateDict, prefix: str) -> StateDict:
 
 # ----------------------------------------------------------------------------------------------------
 # loading
-def load_model(path, *, config=None, use_ema: bool = True, prediction: Optional[str] = None,
+def load_model(path, *, config=None, use_ema: Optional[bool] = None, prediction: Optional[str] = None,
                device="cpu", dtype: torch.dtype = torch.float32):
     """Build the model on the meta device (no random init) and assign the checkpoint's tensors strictly.
 
     config: None (auto-detect), a preset name, a ModelConfig, or a path to an original YAML config.
+    use_ema: run the file's `model_ema.*` UNet weights (True), its plain ones (False), or as the family's reference
+    config decides (None: `presets.ema_default`).
     Returns (LatentDiffusion, LoadRecord).
     """
     from ldmcli.loading.detect import resolve_config
+    from ldmcli.loading.presets import ema_default
     from ldmcli.models.ldm import LatentDiffusion
     from ldmcli.loading.skeleton import meta_skeleton
 
     raw, meta = read_checkpoint(path)
-    sd, ema_used = normalize(raw, use_ema)
+    sd, _ = normalize(raw, use_ema=False)   # the family is detected from the plain weights' names and shapes
     cfg = resolve_config(sd, path, meta, config, prediction)
+    sd, ema_used = normalize(sd, ema_default(cfg, config) if use_ema is None else use_ema)
     if "scale_factor" in sd and sd["scale_factor"].numel() == 1:
         cfg = cfg.with_(scale_factor=float(sd["scale_factor"]))  # lsun_churches stores a learned value
     try:
@@ -241,9 +247,15 @@ def _assign_components(model, sd: StateDict) -> Tuple[int, Tuple[str, ...], Tupl
     return ignored, tuple(sorted(unexpected)), tuple(zero_filled)
 
 
+def mismatches(expected: StateDict, sd: StateDict) -> Tuple[List[str], List[str]]:
+    """(keys `sd` lacks, keys whose shape differs) against a module's `expected` state dict, in its order."""
+    missing = [k for k in expected if k not in sd]
+    return missing, [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+
+
 def _assign(module, sub: StateDict, prefix: str, family: str, unexpected: List[str], zero_filled: List[str]) -> None:
     expected = module.state_dict(keep_vars=True)
-    missing = [k for k in expected if k not in sub]
+    missing, _ = mismatches(expected, sub)
     for k in [k for k in missing if _OPTIONAL.search(k)]:
         sub[k] = torch.zeros(expected[k].shape, dtype=torch.float32)
         zero_filled.append(prefix + k)
@@ -252,7 +264,7 @@ def _assign(module, sub: StateDict, prefix: str, family: str, unexpected: List[s
         raise CheckpointError(
             f"checkpoint lacks {len(missing)} of {len(expected)} {prefix}* tensors for {family} "
             f"(e.g. {prefix}{missing[0]}): a partial or UNet-only file?")
-    bad = [k for k in expected if tuple(sub[k].shape) != tuple(expected[k].shape)]
+    _, bad = mismatches(expected, sub)
     if bad:
         k = bad[0]
         raise CheckpointError(f"{prefix}{k} has shape {list(sub[k].shape)}, {family} expects "

@@ -138,18 +138,23 @@ def _break_tie(matches, path, prediction) -> str:
     """Rules for families the weights cannot tell apart (documented in the README):
     SD2 txt2img: `--prediction v|eps`, else a sidecar `<ckpt>.yaml` saying `parameterization: "v"`, else a file name
     containing "768" or "-v" means the 768 v-model, else the 512 eps base model. Semantic synthesis: "512" in the
-    name picks the 512 finetune. Unconditional VQ-f4 faces/bedrooms: the file name, else celeba."""
+    file name, else in its folder's name, picks the 512 finetune. Unconditional VQ-f4 faces/bedrooms: the file name,
+    else its folder's name, else celeba. The folder counts because the official layout keeps these checkpoints as
+    `models/ldm/<family>/model.ckpt` (semantic_synthesis512, ffhq256, lsun_beds256, celeba256)."""
     if len(matches) == 1:
         return matches[0]
     name = Path(path).name.lower() if path else ""
+    folder = Path(path).parent.name.lower() if path else ""
     if "sd2-v" in matches:
         v = prediction == "v" if prediction else (_sidecar_says_v(path) or bool(re.search(r"768|[-_]v[-_.]", name)))
         return "sd2-v" if v else "sd2-base"
     if "ldm-semantic-synthesis512" in matches:
-        return "ldm-semantic-synthesis512" if "512" in name else "ldm-semantic-synthesis256"
-    for hint, family in (("ffhq", "ldm-ffhq256"), ("bed", "ldm-lsun-bedrooms256"), ("celeb", "ldm-celeba256")):
-        if hint in name and family in matches:
-            return family
+        hints = [n for n in (name, folder) if re.search(r"256|512", n)]   # the first name that says either
+        return "ldm-semantic-synthesis512" if hints and "512" in hints[0] else "ldm-semantic-synthesis256"
+    for where in (name, folder):
+        for hint, family in (("ffhq", "ldm-ffhq256"), ("bed", "ldm-lsun-bedrooms256"), ("celeb", "ldm-celeba256")):
+            if hint in where and family in matches:
+                return family
     return sorted(matches)[0]
 
 

@@ -7,6 +7,7 @@ names, shapes and parameter counts.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Dict
 
 from ldmcli.models.config import (AutoencoderConfig, BERTConfig, ClassEmbedderConfig, CLIPTextConfig, ModelConfig,
@@ -110,7 +111,7 @@ LDM_CIN256_V2 = ModelConfig(
                attention_resolutions=(8, 4, 2), num_heads=1, num_head_channels=-1, use_spatial_transformer=True,
                context_dim=512),
     VQ_F4, ClassEmbedderConfig(n_classes=1001, embed_dim=512), "crossattn", linear_end=0.0195, **_VQ_SCHED,
-    default_steps=200, default_guidance=1.0, default_eta=1.0)
+    default_steps=200, default_guidance=3.0, default_eta=1.0)   # guidance: the reference notebook's (§6.3)
 LDM_CELEBA256 = ModelConfig("ldm-celeba256", "uncond", FACES_UNET, VQ_F4, None, None, linear_end=0.0195,
                             **_VQ_SCHED, **_LDM_SAMPLING)
 LDM_FFHQ256 = LDM_CELEBA256.with_(name="ldm-ffhq256", default_eta=1.0)
@@ -154,3 +155,22 @@ def preset(name: str) -> ModelConfig:
 
 
 __all__ = ["PRESETS", "PRESET_ALIASES", "preset"]
+
+
+# Families whose reference config says `use_ema: False` (v1-inference, every SD 2 inference config, x4-upscaling,
+# txt2img-1p4B-eval, cin256-v2; MODELS.md §3.4): the reference runs the plain `model.*` UNet weights even when a
+# "full" file holds `model_ema.*` too. sd1-inpainting's config leaves use_ema at True, but the reference inpainting
+# demos never enter `ema_scope()`, so it runs the plain weights as well (MODELS.md §11 #16).
+PLAIN_WEIGHTS = frozenset({"sd1", "sd1-inpainting", "sd2-base", "sd2-v", "sd2-inpainting", "sd-x4-upscaler",
+                           "ldm-txt2img-f8-large", "ldm-cin256-v2"})
+
+
+def ema_default(cfg: ModelConfig, config=None) -> bool:
+    """Whether the reference runs a file's EMA weights for this family: an original YAML's own `use_ema` (default
+    True, as `DDPM.__init__`), else False for the PLAIN_WEIGHTS families and True for the others (the LDM task
+    models, and ldmcli's own files, whose EMA weights are their release weights)."""
+    if isinstance(config, (str, Path)) and str(config).endswith((".yaml", ".yml")):
+        from ldmcli.loading.yaml_config import yaml_use_ema
+        return yaml_use_ema(Path(config))
+    return cfg.name not in PLAIN_WEIGHTS
+

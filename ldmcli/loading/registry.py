@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ldmcli.errors import UsageError
 from ldmcli.io.paths import expand_user
@@ -65,3 +65,32 @@ def list_entries() -> List[dict]:
         p = WEIGHTS_DIR / e["file"] if e.get("file") else None
         out.append({"name": name, **e, "present": bool(p and p.exists())})
     return out
+
+
+def embedded_defaults(task: str) -> Optional[dict]:
+    """The sampling defaults of the embedded model for `task` ({"steps", "guidance", "eta", "size"}), read from its
+    safetensors header with plain JSON (no torch: `--help` shows them); None when there is no embedded model."""
+    import struct
+    try:
+        path = default_path(task)
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            cfg = json.loads(json.loads(f.read(n))["__metadata__"]["ldmcli_config"])
+        factor = 2 ** (len(cfg["first_stage"]["ch_mult"]) - 1)
+        return {"steps": cfg["default_steps"], "guidance": cfg["default_guidance"], "eta": cfg["default_eta"],
+                "size": cfg["latent_size"] * factor}
+    except (UsageError, OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+def family_defaults(task: str) -> str:
+    """The public families' reference defaults for `task`, one phrase per family (for --help)."""
+    from ldmcli.loading.presets import PRESETS
+    seen, out = set(), []
+    for cfg in PRESETS.values():
+        key = (cfg.default_steps, cfg.default_guidance, cfg.image_size)
+        if cfg.task == task and key not in seen:
+            seen.add(key)
+            out.append(f"{cfg.name}: {cfg.default_steps} steps, guidance {cfg.default_guidance:g}, "
+                       f"{cfg.image_size} px")
+    return "; ".join(out)

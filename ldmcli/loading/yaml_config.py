@@ -47,6 +47,13 @@ def config_from_yaml(source: Union[str, Path], name: str = "") -> C.ModelConfig:
         raise UsageError(f"config is not an LDM/SD model config (missing or malformed {e})") from None
 
 
+def yaml_use_ema(path: Path) -> bool:
+    """The config's `model.params.use_ema` (True when unset, as `DDPM.__init__` defaults it)."""
+    doc = parse_yaml(path.read_text())
+    params = (doc.get("model") or {}).get("params") or {}
+    return bool(params.get("use_ema", True)) if isinstance(params, dict) else True
+
+
 def parse_yaml(text: str) -> Dict[str, Any]:
     """PyYAML's safe loader (plain data, no tags that build objects); every failure is a one-line UsageError."""
     import yaml
@@ -107,8 +114,9 @@ def sampling_defaults(cfg: C.ModelConfig) -> Dict[str, Any]:
                     default_eta=0.0 if x4 else 1.0)
     if cfg.task == "layout2img":
         return dict(default_steps=200, default_guidance=1.0, default_eta=0.0)
-    if cfg.task == "class2img":
-        return dict(default_steps=200, default_guidance=1.0, default_eta=1.0)
+    if cfg.task == "class2img":     # cin256-v2 (a null class: 1001 rows) is guided at 3.0 in its notebook
+        null = getattr(cfg.cond_stage, "n_classes", 0) == 1001
+        return dict(default_steps=200, default_guidance=3.0 if null else 1.0, default_eta=1.0)
     return dict(default_steps=200, default_guidance=1.0, default_eta=0.0)
 
 

@@ -7,6 +7,8 @@ the parameter-free `Residual` at index 2 is just the `x +` in `forward`.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -80,8 +82,9 @@ class TransformerWrapper(nn.Module):
         self.norm = nn.LayerNorm(cfg.n_embed)
         self.to_logits = nn.Linear(cfg.n_embed, cfg.vocab_size)  # in the weights, unused (return_embeddings=True)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.token_emb(tokens) + self.pos_emb(tokens.shape[1], tokens.device)
+    def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None) -> torch.Tensor:
+        vectors = self.token_emb(tokens) if vectors is None else vectors
+        x = vectors + self.pos_emb(tokens.shape[1], tokens.device)
         return self.norm(self.attn_layers(x))
 
 
@@ -97,5 +100,12 @@ class BERTEmbedder(TextEncoder):
         self.cfg = cfg
         self.transformer = TransformerWrapper(cfg)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.transformer(tokens)
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.transformer.token_emb
+
+    def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None,
+                n_blocks: Optional[int] = None) -> torch.Tensor:
+        if n_blocks is not None:
+            raise ValueError("a BERT text encoder has no clip skip")
+        return self.transformer(tokens, vectors)

@@ -33,14 +33,22 @@ class TextEncoder(nn.Module):
 
     `tokenizer` is a plain attribute (not a module), chosen from `self.cfg` on first use unless the caller
     attached one (e.g. a WordPiece tokenizer built from a user-supplied vocab.txt).
+    `forward(tokens, vectors=None, n_blocks=None)`: `vectors` [b, L, width], when given, are the input token
+    embeddings to use instead of looking `tokens` up (textual inversion replaces some of them); `n_blocks` overrides
+    how many blocks run (clip skip; CLIP families only). `prompt_setup` is the run's ldmcli.prompts.PromptSetup
+    (embeddings, clip skip, syntax), a plain attribute like the tokenizer; None means the defaults.
     """
     cfg: object
     tokenizer: Optional[object] = None
+    prompt_setup: Optional[object] = None
 
-    def encode(self, texts: List[str]) -> torch.Tensor:
+    def get_tokenizer(self):
         if self.tokenizer is None:
             self.tokenizer = tokenizer_for(self.cfg)
-        return self(self.tokenizer(texts).to(next(self.parameters()).device))
+        return self.tokenizer
+
+    def encode(self, texts: List[str]) -> torch.Tensor:
+        return self(self.get_tokenizer()(texts).to(next(self.parameters()).device))
 
 
 def pre_norm_block(x: torch.Tensor, norm1: nn.Module, attn: nn.Module, norm2: nn.Module,
@@ -61,9 +69,10 @@ class CLIPEmbeddings(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.position_embedding = nn.Embedding(cfg.max_length, cfg.width)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None) -> torch.Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        return self.token_embedding(tokens) + self.position_embedding(positions)
+        vectors = self.token_embedding(tokens) if vectors is None else vectors
+        return vectors + self.position_embedding(positions)
 
 
 class CLIPAttention(nn.Module):
@@ -122,8 +131,8 @@ class CLIPTextTransformer(nn.Module):
         self.encoder = CLIPEncoder(cfg)
         self.final_layer_norm = nn.LayerNorm(cfg.width)
 
-    def forward(self, tokens: torch.Tensor, n_blocks: int) -> torch.Tensor:
-        x = self.embeddings(tokens)
+    def forward(self, tokens: torch.Tensor, n_blocks: int, vectors: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.embeddings(tokens, vectors)
         for layer in self.encoder.layers[:n_blocks]:
             x = layer(x)
         return self.final_layer_norm(x)
@@ -143,5 +152,10 @@ class FrozenCLIPEmbedder(TextEncoder):
         # `transformer` mirrors the HF CLIPTextModel wrapper, whose only child is `text_model`
         self.transformer = nn.ModuleDict({"text_model": CLIPTextTransformer(cfg)})
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.transformer["text_model"](tokens, self.n_blocks)
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.transformer["text_model"].embeddings.token_embedding
+
+    def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None,
+                n_blocks: Optional[int] = None) -> torch.Tensor:
+        return self.transformer["text_model"](tokens, n_blocks or self.n_blocks, vectors)

@@ -9,6 +9,7 @@ layout that newer open_clip releases no longer match (MODELS.md §11 item 19).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -86,9 +87,15 @@ class FrozenOpenCLIPEmbedder(TextEncoder):
         self.n_blocks = blocks_to_run(cfg.layer, cfg.layers)
         self.model = OpenCLIPTextTower(cfg)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.model.token_embedding
+
+    def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None,
+                n_blocks: Optional[int] = None) -> torch.Tensor:
         m = self.model
-        x = m.token_embedding(tokens) + m.positional_embedding[: tokens.shape[1]]  # [b, L, width]
-        for block in m.transformer.resblocks[: self.n_blocks]:
+        vectors = m.token_embedding(tokens) if vectors is None else vectors
+        x = vectors + m.positional_embedding[: tokens.shape[1]]  # [b, L, width]
+        for block in m.transformer.resblocks[: n_blocks or self.n_blocks]:
             x = block(x)
         return m.ln_final(x)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import weakref
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -41,11 +41,15 @@ def repeat_cond(cond: Cond, n: int) -> Cond:
 def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[int], seeds: List[int],
                    settings: SamplerSettings, callback: Optional[Callable] = None,
                    x0_known: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                   tiling: Optional[Tiling] = None) -> torch.Tensor:
+                   tiling: Optional[Tiling] = None,
+                   start: Optional[Tuple[torch.Tensor, float]] = None) -> torch.Tensor:
     """Run the shared sampler on εθ with classifier-free guidance; one latent per seed.
 
     x0_known/mask: latent inpainting (blending.KnownRegion; mask = 1 keeps x0_known). tiling: εθ by overlapping
     tiles (tiling.tiled), for latents larger than the model's own.
+    start: (x0 latent [1 or n, *shape], strength in (0, 1]) for a partial start (img2img, SDEdit): the sampler walks
+    only `Grid.tail(strength)` of its grid, from x0 noised to the tail's first level with each seed's x_T as ε,
+    √ᾱ·x0 + √(1−ᾱ)·ε (what diffusers' `scheduler.add_noise` does at `timesteps[t_start]`).
     """
     from ldmcli.sampling.blending import KnownRegion
     from ldmcli.sampling.guidance import cfg_model, eps_model
@@ -71,7 +75,14 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
                          noise_device=s.noise_device)
     if x0_known is not None or mask is not None:
         eps = KnownRegion(eps, x0_known, mask, noise)
-    grid = grid_for(s.sampler, model.alphas_cumprod, s.steps, karras=s.karras)
+    grid = grid_for(s.sampler, model.alphas_cumprod, s.steps, schedule=s.schedule)
+    if start is not None:
+        x0, strength = start
+        grid = grid.tail(strength)
+        if len(grid) == 0:          # no step to run: the input's latent, as diffusers and A1111 return it
+            return x0.to(x_T).expand_as(x_T).clone()
+        a = grid.alphas[0].item()
+        x_T = a ** 0.5 * x0.to(x_T) + (1 - a) ** 0.5 * x_T
     with torch.inference_mode():
         return sample(s.sampler, eps, x_T, grid, eta=s.eta, noise=noise, callback=callback)
 

@@ -116,10 +116,13 @@ class Grid:
     t: (n,) float64 model timesteps (fractional where a σ falls between trained timesteps).
     alphas: (n + 1,) float64 ᾱ of the levels (VP); sigmas: (n + 1,) float64 σ = √((1−ᾱ)/ᾱ) of the same levels (VE).
     A grid whose last level is clean has alphas[-1] = 1 and sigmas[-1] = 0.
+    alphas_cumprod: the training schedule's ᾱ (T,), for the model timestep of a σ between levels (the second
+    model call of Heun, DPM2, DPM++ 2S/SDE); None for a hand-built grid, which such samplers refuse.
     """
     t: Tensor
     alphas: Tensor
     sigmas: Tensor
+    alphas_cumprod: Optional[Tensor] = None
 
     def __post_init__(self):
         n = len(self.t)
@@ -131,22 +134,35 @@ class Grid:
         return len(self.t)
 
     def tail(self, strength: float) -> "Grid":
-        """The last ⌈strength·n⌉ steps: a partial start (img2img, SDEdit, Meng et al. 2022). The sampler then starts
+        """The last ⌊strength·n⌋ steps: a partial start (img2img, SDEdit, Meng et al. 2022). The sampler then starts
         from the input's latent noised to the tail's first level, √ᾱ·x0 + √(1−ᾱ)·ε with ᾱ = tail.alphas[0].
 
-        strength in (0, 1]: 1 keeps every step and any strength > 0 keeps at least one. A1111 and diffusers take
-        int(steps·strength) steps instead (rounded down, so a small strength runs no step at all). strength·n is
-        rounded to 9 decimals before the ceiling, so that 0.3 of 10 steps is 3 steps, not 4.
+        strength in [0, 1]: 1 keeps every step; the count is diffusers' and A1111's int(steps·strength), so the same
+        settings run the same steps there and here (a small strength may keep none: the caller returns the input).
+        strength·n is rounded to 9 decimals first, so that 0.3 of 10 steps is 3 steps, not 2.
         """
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        first = len(self) - math.ceil(round(strength * len(self), 9))
-        return Grid(self.t[first:], self.alphas[first:], self.sigmas[first:])
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        first = len(self) - math.floor(round(strength * len(self), 9))
+        return Grid(self.t[first:], self.alphas[first:], self.sigmas[first:], self.alphas_cumprod)
+
+    def t_at(self, sigma: float) -> float:
+        """The model timestep of any σ > 0 (`sigma_to_t`), for model calls between the grid's levels."""
+        if self.alphas_cumprod is None:
+            raise ValueError("this grid has no training schedule (alphas_cumprod): it cannot place a σ between levels")
+        return sigma_to_t(sigma, self.alphas_cumprod).item()
 
 
 def _vp_grid(ts: Tensor, alphas: Tensor) -> Grid:
-    """A grid defined by ᾱ (σ derived from it)."""
+    """A grid defined by ᾱ (σ derived from it); ts index the training schedule, so alphas[:-1] are its values."""
     return Grid(ts.to(torch.float64), alphas, ((1 - alphas) / alphas).sqrt())
+
+
+def _sigma_grid(sigmas: Tensor, alphas_cumprod, ts: Optional[Tensor] = None) -> Grid:
+    """A grid defined by σ (descending; σ = 0 appended; ᾱ derived from σ, fractional t from σ unless given)."""
+    ts = sigma_to_t(sigmas, alphas_cumprod) if ts is None else ts
+    sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+    return Grid(ts, 1 / (1 + sigmas ** 2), sigmas, _f64(alphas_cumprod))
 
 
 def uniform(alphas_cumprod, steps: int) -> Grid:
@@ -155,7 +171,7 @@ def uniform(alphas_cumprod, steps: int) -> Grid:
     set_alpha_to_one=False, where S divides T)."""
     ac = _f64(alphas_cumprod)
     ts = ddim_timesteps(steps, len(ac)).flip(0)
-    return _vp_grid(ts, torch.cat([ac[ts], ac[:1]]))
+    return _with_schedule(_vp_grid(ts, torch.cat([ac[ts], ac[:1]])), ac)
 
 
 def ddpm(alphas_cumprod, steps: Optional[int] = None) -> Grid:
@@ -165,7 +181,7 @@ def ddpm(alphas_cumprod, steps: Optional[int] = None) -> Grid:
     ac = _f64(alphas_cumprod)
     T = len(ac)
     ts = (torch.arange(T) if steps is None or steps >= T else ddim_timesteps(steps, T)).flip(0)
-    return _vp_grid(ts, torch.cat([ac[ts], ac.new_ones(1)]))
+    return _with_schedule(_vp_grid(ts, torch.cat([ac[ts], ac.new_ones(1)])), ac)
 
 
 def trailing(alphas_cumprod, steps: int) -> Grid:
@@ -173,7 +189,7 @@ def trailing(alphas_cumprod, steps: int) -> Grid:
     then σ = 0: diffusers' k-style schedulers with timestep_spacing="trailing"."""
     ac = _f64(alphas_cumprod)
     ts = trailing_timesteps(steps, len(ac))
-    return _vp_grid(ts, torch.cat([ac[ts.long()], ac.new_ones(1)]))
+    return _with_schedule(_vp_grid(ts, torch.cat([ac[ts.long()], ac.new_ones(1)])), ac)
 
 
 def karras(alphas_cumprod, steps: int) -> Grid:
@@ -181,10 +197,37 @@ def karras(alphas_cumprod, steps: int) -> Grid:
     `get_sigmas_karras(n, model.sigma_min, model.sigma_max)` and diffusers' `use_karras_sigmas`, with fractional
     t = sigma_to_t(σ) (diffusers' DPM-Solver rounds these t; we do not)."""
     all_sigmas = sigmas_from(alphas_cumprod)
-    sigmas = karras_sigmas(steps, all_sigmas[0].item(), all_sigmas[-1].item())
-    sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-    return Grid(sigma_to_t(sigmas[:-1], alphas_cumprod), 1 / (1 + sigmas ** 2), sigmas)
+    return _sigma_grid(karras_sigmas(steps, all_sigmas[0].item(), all_sigmas[-1].item()), alphas_cumprod)
+
+
+def exponential(alphas_cumprod, steps: int) -> Grid:
+    """σ geometric from σ(T−1) down to σ(0), then σ = 0: k-diffusion's `get_sigmas_exponential` (A1111/ComfyUI
+    "Exponential")."""
+    all_sigmas = sigmas_from(alphas_cumprod)
+    log_sigmas = torch.linspace(all_sigmas[-1].log().item(), all_sigmas[0].log().item(), steps, dtype=torch.float64)
+    return _sigma_grid(log_sigmas.exp(), alphas_cumprod)
+
+
+def normal(alphas_cumprod, steps: int) -> Grid:
+    """σ at timesteps linspace(T−1, 0, S), then σ = 0: k-diffusion's `DiscreteSchedule.get_sigmas`, A1111's
+    "Uniform" and ComfyUI's "normal" (what `--schedule uniform` means for the σ-space samplers)."""
+    ac = _f64(alphas_cumprod)
+    ts = torch.linspace(len(ac) - 1, 0, steps, dtype=torch.float64)
+    return _sigma_grid(t_to_sigma(ts, ac), ac, ts)
+
+
+def sgm_uniform(alphas_cumprod, steps: int) -> Grid:
+    """σ at timesteps linspace(T−1, 0, S + 1)[:-1], then σ = 0: ComfyUI's "sgm_uniform" (A1111 "SGM Uniform"),
+    the spacing of Stability's sgm discretisation, which never calls the model at t = 0."""
+    ac = _f64(alphas_cumprod)
+    ts = torch.linspace(len(ac) - 1, 0, steps + 1, dtype=torch.float64)[:-1]
+    return _sigma_grid(t_to_sigma(ts, ac), ac, ts)
+
+
+def _with_schedule(grid: Grid, alphas_cumprod: Tensor) -> Grid:
+    return Grid(grid.t, grid.alphas, grid.sigmas, alphas_cumprod)
 
 
 Schedule = Callable[..., Grid]
-SCHEDULES: Dict[str, Schedule] = {"uniform": uniform, "ddpm": ddpm, "trailing": trailing, "karras": karras}
+SCHEDULES: Dict[str, Schedule] = {"uniform": uniform, "ddpm": ddpm, "trailing": trailing, "karras": karras,
+                                  "exponential": exponential, "normal": normal, "sgm_uniform": sgm_uniform}

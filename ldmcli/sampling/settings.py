@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ldmcli.errors import UsageError
-from ldmcli.sampling.table import check_sampler, sampler_spec
+from ldmcli.sampling.table import SCHEDULE_LABELS, check_sampler, parse_sampler
 
 NOISE_DEVICES = ("auto", "cpu")
 
@@ -23,6 +23,8 @@ class SamplerSettings:
     karras: bool = False
     noise_device: Optional[str] = None   # "cpu": noise drawn on the CPU, identical across devices; "auto"/None: the
                                          # model's device
+    schedule: Optional[str] = None       # a key of table.SCHEDULE_LABELS; None: the sampler's default (or the one
+                                         # its A1111 display name carries, "DPM++ 2M Karras")
     # the config these settings were resolved against: resolving again for it is free (the runner resolves once,
     # the task and the pipeline get the same object back)
     resolved_for: Optional[object] = field(default=None, compare=False, repr=False)
@@ -31,20 +33,32 @@ class SamplerSettings:
         """Every None replaced by the family's default (`cfg`: a ModelConfig), and every value checked."""
         if self.resolved_for is cfg:
             return self
-        sampler_spec(self.sampler)
+        sampler, schedule = self._sampler_and_schedule()
         steps = cfg.default_steps if self.steps is None else self.steps
         if not 1 <= steps <= cfg.timesteps:
             raise UsageError(f"--steps must be between 1 and {cfg.timesteps}, got {steps}")
         # the family's default η is a DDIM setting (e.g. η=1 for the LDM super-resolution helper); other
         # samplers get η only when the user passes one (PLMS then refuses a non-zero value)
-        eta = self.eta if self.eta is not None else (cfg.default_eta if self.sampler == "ddim" else 0.0)
+        eta = self.eta if self.eta is not None else (cfg.default_eta if sampler == "ddim" else 0.0)
         if self.noise_device not in (None, *NOISE_DEVICES):
             raise UsageError(f"--noise-device must be auto or cpu, got {self.noise_device!r}")
-        check_sampler(self.sampler, eta, self.karras)
-        return SamplerSettings(self.sampler, steps,
+        check_sampler(sampler, eta)
+        return SamplerSettings(sampler, steps,
                                cfg.default_guidance if self.guidance_scale is None else self.guidance_scale,
-                               eta, self.karras, None if self.noise_device == "auto" else self.noise_device,
-                               resolved_for=cfg)
+                               eta, schedule == "karras", None if self.noise_device == "auto" else self.noise_device,
+                               schedule=schedule, resolved_for=cfg)
+
+    def _sampler_and_schedule(self):
+        """The canonical sampler and the explicit schedule: --schedule, --karras or the display name's, which must
+        agree (None when none is asked for: the sampler's default)."""
+        sampler, named = parse_sampler(self.sampler)
+        asked = {s for s in (self.schedule, named, "karras" if self.karras else None) if s is not None}
+        if len(asked) > 1:
+            raise UsageError(f"conflicting schedules: {', '.join(sorted(asked))}")
+        schedule = asked.pop() if asked else None
+        if schedule is not None and schedule not in SCHEDULE_LABELS:
+            raise UsageError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULE_LABELS)}")
+        return sampler, schedule
 
 
 __all__ = ["SamplerSettings", "NOISE_DEVICES"]

@@ -16,7 +16,8 @@ from ldmcli.errors import UsageError
 class SamplerSpec:
     """One sampler.
 
-    name: what --sampler takes. function: its function in ldmcli.sampling.samplers.
+    name: what --sampler takes. function: its function in ldmcli.sampling.samplers ("module.function" for one in
+    another module of ldmcli.sampling).
     schedule: its default grid, a key of `schedules.SCHEDULES`.
     eta: whether it takes the settings' η (DDIM); the others ignore η, except PLMS, which refuses a non-zero one.
     karras: whether karras=True swaps its grid for Karras σs (the σ-space samplers).
@@ -31,7 +32,8 @@ class SamplerSpec:
 
     def sampler(self) -> Callable:
         """The sampler function (imported on first use: it imports torch)."""
-        return getattr(importlib.import_module("ldmcli.sampling.samplers"), self.function)
+        module, _, function = self.function.rpartition(".")
+        return getattr(importlib.import_module(f"ldmcli.sampling.{module or 'samplers'}"), function)
 
 
 SAMPLERS: Dict[str, SamplerSpec] = {s.name: s for s in (
@@ -41,6 +43,15 @@ SAMPLERS: Dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("dpmpp_2m", "sample_dpmpp_2m", "trailing", karras=True, label="DPM++ 2M"),
     SamplerSpec("euler", "sample_euler", "trailing", karras=True, label="Euler"),
     SamplerSpec("euler_a", "sample_euler_ancestral", "trailing", karras=True, label="Euler a"),
+    SamplerSpec("heun", "k_samplers.sample_heun", "trailing", karras=True, label="Heun"),
+    SamplerSpec("lms", "k_samplers.sample_lms", "trailing", karras=True, label="LMS"),
+    SamplerSpec("dpm2", "k_samplers.sample_dpm2", "trailing", karras=True, label="DPM2"),
+    SamplerSpec("dpm2_a", "k_samplers.sample_dpm2_ancestral", "trailing", karras=True, label="DPM2 a"),
+    SamplerSpec("dpmpp_2s_a", "k_samplers.sample_dpmpp_2s_ancestral", "trailing", karras=True, label="DPM++ 2S a"),
+    SamplerSpec("dpmpp_sde", "k_samplers.sample_dpmpp_sde", "trailing", karras=True, label="DPM++ SDE"),
+    SamplerSpec("dpmpp_2m_sde", "k_samplers.sample_dpmpp_2m_sde", "trailing", karras=True, label="DPM++ 2M SDE"),
+    SamplerSpec("dpmpp_3m_sde", "k_samplers.sample_dpmpp_3m_sde", "trailing", karras=True, label="DPM++ 3M SDE"),
+    SamplerSpec("unipc", "k_samplers.sample_unipc", "trailing", karras=True, label="UniPC"),
 )}
 SAMPLER_NAMES: Tuple[str, ...] = tuple(SAMPLERS)
 K_SAMPLERS: Tuple[str, ...] = tuple(n for n, s in SAMPLERS.items() if s.karras)
@@ -55,23 +66,56 @@ def sampler_spec(name: str) -> SamplerSpec:
 
 
 def check_sampler(name: str, eta: float = 0.0, karras: bool = False) -> SamplerSpec:
-    """The row of `name`, after refusing what it cannot do: a non-zero η for PLMS, Karras σs off the σ-space
-    samplers."""
+    """The row of `name`, after refusing what it cannot do: a non-zero η for PLMS. (Every sampler takes every
+    schedule: the VP samplers read a σ grid's ᾱ, exact between any two levels.)"""
     spec = sampler_spec(name)
     if name == "plms" and eta != 0:
         raise UsageError("PLMS is deterministic: eta must be 0")
-    if karras and not spec.karras:
-        raise UsageError(f"Karras sigmas apply to {', '.join(K_SAMPLERS)} only, not {name}")
     return spec
 
 
+# --schedule choices -> A1111's "Schedule type" label (None: the sampler's default, no label written)
+SCHEDULE_LABELS: Dict[str, Optional[str]] = {"uniform": "Uniform", "trailing": None, "karras": "Karras",
+                                             "exponential": "Exponential", "sgm_uniform": "SGM Uniform"}
+
+
 def schedule_name(name: str, karras: bool = False, schedule: Optional[str] = None) -> str:
-    """The grid sampler `name` runs on: `schedule` when given, Karras σs for karras=True, else its default."""
-    spec = check_sampler(name, karras=karras)
+    """The key of `schedules.SCHEDULES` sampler `name` runs on: `schedule` when given (karras=True is the karras
+    schedule), else its default. "uniform" is the reference DDIM grid for the VP samplers and, for the σ-space
+    ones, A1111's "Uniform" (`schedules.normal`: σ at evenly spaced timesteps, then 0)."""
+    spec = check_sampler(name)
     if karras and schedule not in (None, "karras"):
-        raise UsageError(f"karras=True asks for the karras schedule, not {schedule!r}")
-    return "karras" if karras else schedule or spec.schedule
+        raise UsageError(f"--karras asks for the karras schedule, not {schedule!r}")
+    which = "karras" if karras else schedule or spec.schedule
+    return "normal" if which == "uniform" and spec.karras else which
+
+
+def parse_sampler(value: str) -> Tuple[str, Optional[str]]:
+    """(sampler, schedule or None) of a --sampler value: a name of the table, or an A1111 display name, with or
+    without its schedule ("Euler a", "DPM++ 2M Karras", "dpm++ sde karras"), case-insensitive."""
+    key = " ".join(value.split()).casefold()
+    for spec in SAMPLERS.values():
+        if key in (spec.name, spec.label.casefold()):
+            return spec.name, None
+        for schedule, label in SCHEDULE_LABELS.items():
+            if label and key == f"{spec.label} {label}".casefold():
+                return spec.name, schedule
+    raise UsageError(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLERS)} (or an A1111 name such as "
+                     f"'DPM++ 2M Karras'; `ldm samplers` lists them)")
+
+
+def table_rows():
+    """`ldm samplers`: (name, A1111 label, default schedule, schedules it takes, takes --eta) per sampler."""
+    return [(s.name, s.label, s.schedule, ", ".join(SCHEDULE_LABELS), "yes" if s.eta else "no")
+            for s in SAMPLERS.values()]
+
+
+def schedule_label(name: str, schedule: Optional[str]) -> Optional[str]:
+    """A1111's "Schedule type" for an explicit schedule, None for the sampler's default."""
+    if schedule is None or schedule == sampler_spec(name).schedule:
+        return None
+    return SCHEDULE_LABELS.get(schedule, schedule)
 
 
 __all__ = ["SamplerSpec", "SAMPLERS", "SAMPLER_NAMES", "K_SAMPLERS", "sampler_spec", "check_sampler",
-           "schedule_name"]
+           "schedule_name", "schedule_label", "parse_sampler", "SCHEDULE_LABELS"]

@@ -27,6 +27,8 @@ class Task:
     sized: whether it takes --height/--width (the others take their size from their input).
     labels: whether its module has `list_labels(model)` (--list-labels).
     summary: one line for help texts.
+    world: whether it has an embedded default trained on the shapes world, so `ldm train` and `ldm eval` cover it
+        (TASK_NAMES); public-checkpoint-only subcommands (sample) have none.
     """
     name: str
     params: Tuple[str, ...]
@@ -35,6 +37,7 @@ class Task:
     sized: bool = False
     labels: bool = False
     summary: str = ""
+    world: bool = True
 
     def function(self) -> Callable:
         """The task function (imported on first use: it imports torch)."""
@@ -49,7 +52,10 @@ class Task:
 TASKS: Dict[str, Task] = {t.name: t for t in (
     Task("txt2img", params=("prompt", "negative_prompt", "height", "width"), required=("prompt",), sized=True,
          summary="Generate images from a text prompt."),
-    Task("inpaint", params=("image", "mask", "prompt", "negative_prompt"), required=("image", "mask"),
+    Task("img2img", params=("image", "prompt", "negative_prompt", "strength", "height", "width"),
+         required=("image",), files=("image",), sized=True, world=False,
+         summary="Redraw an image toward a text prompt (SDEdit: --strength of the schedule from the image)."),
+    Task("inpaint", params=("image", "mask", "prompt", "negative_prompt", "mask_blur"), required=("image", "mask"),
          files=("image", "mask"),
          summary="Repaint the masked part of an image; pixels outside the mask stay unchanged."),
     Task("superres", params=("image", "prompt", "negative_prompt", "scale", "noise_level", "tile_size",
@@ -60,9 +66,11 @@ TASKS: Dict[str, Task] = {t.name: t for t in (
     Task("semantic2img", params=("segmap", "tile_size", "tile_overlap"), required=("segmap",),
          files=("segmap", "palette"), labels=True,
          summary="Paint an image that follows a semantic segmentation map."),
+    Task("sample", params=("label", "height", "width"), sized=True, labels=True, world=False,
+         summary="Sample a class-conditional (ImageNet) or unconditional model."),
 )}
 
-TASK_NAMES: Tuple[str, ...] = tuple(TASKS)
+TASK_NAMES: Tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.world)   # the tasks training and eval cover
 
 
 def task(name: str) -> Task:

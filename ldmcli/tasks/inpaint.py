@@ -25,6 +25,7 @@ from ldmcli.sampling.noise import side_generator
 from ldmcli.sampling.pipeline import Cond, decode, sample_latents
 from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.geometry import latent_multiple, pad_to_multiple
+from ldmcli.prompts import encode as encode_prompts
 
 _ENCODE_STREAM = 0xE4C   # the posterior sample of sample k comes from seeds[k] + this (noise.side_generator)
 _TEXT = (CLIPTextConfig, OpenCLIPTextConfig, BERTConfig)
@@ -84,8 +85,7 @@ def text_condition(model, prompt: str, negative_prompt: str, base: Cond):
         if prompt or negative_prompt:
             raise UsageError(f"{model.cfg.name} takes no prompt")
         return base, None
-    context = model.get_learned_conditioning([prompt])
-    uncond = model.get_learned_conditioning([negative_prompt])
+    context, uncond = encode_prompts(model, prompt, negative_prompt)     # ldmcli/prompts: syntax, chunks, TI
     return {**base, "c_crossattn": [context]}, {**base, "c_crossattn": [uncond]}
 
 
@@ -127,13 +127,19 @@ def build_condition(model, family: str, x: torch.Tensor, hole: torch.Tensor, pro
     return (*text_condition(model, prompt, negative_prompt, {}), {"x0_known": x0_known, "mask": keep})
 
 
-def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", *, seeds: List[int],
-            settings: SamplerSettings = SamplerSettings(), callback: Optional[Callable] = None):
-    """Repaint where `mask` (float [H, W] in [0, 1], 1 = repaint; thresholded at 0.5 for the model, used as alpha
-    for the paste-back) is set; one image of the input's size per seed. Returns a list of PIL images."""
+def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mask_blur: Optional[float] = 0.0, *,
+            seeds: List[int], settings: SamplerSettings = SamplerSettings(), callback: Optional[Callable] = None):
+    """Repaint where `mask` (float [H, W] in [0, 1], 1 = repaint) is set; one image of the input's size per seed.
+    Returns a list of PIL images.
+
+    The model always sees the mask thresholded at 0.5 (the reference scripts). The paste-back uses it thresholded
+    too, so grey mask values do not blend (as the reference does), unless `mask_blur` > 0 says the mask was
+    feathered on purpose (--mask-blur): then its soft values are the paste-back's alpha."""
     from ldmcli.io.images import pil_to_tensor
     family = inpaint_family(model.cfg)
     mask = check_mask(image, mask)
+    if not mask_blur:
+        mask = (mask >= 0.5).astype(np.float32)
     width, height = image.size
     f = model.cfg.first_stage.downsample_factor
     multiple = f * latent_multiple(model)

@@ -20,6 +20,7 @@ from ldmcli.sampling.noise import side_generator
 from ldmcli.sampling.pipeline import Cond, decode, sample_latents
 from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.geometry import latent_multiple, pad_to_multiple, plan_tiling
+from ldmcli.prompts import encode as encode_prompts
 
 DEFAULT_NOISE_LEVEL = 20   # the x4 demos' default (gradio, streamlit); the README suggests ~100 for synthetic input
 _AUG_STREAM = 0xA06        # the noise-augmentation ε of sample k comes from seeds[k] + this (noise.side_generator)
@@ -56,8 +57,7 @@ def x4_condition(model, lr: torch.Tensor, prompt: str, negative_prompt: str, noi
     eps = torch.stack([torch.randn(lr.shape[1:], generator=side_generator(s, _AUG_STREAM)) for s in seeds])
     x_aug = noise_augment(lr, noise_level, model.cfg, eps)          # [n, 3, h, w]
     y = torch.full((len(seeds),), noise_level, dtype=torch.long, device=lr.device)
-    context = model.get_learned_conditioning([prompt])
-    uncond_context = model.get_learned_conditioning([negative_prompt])
+    context, uncond_context = encode_prompts(model, prompt, negative_prompt)
     return ({"c_concat": [x_aug], "c_crossattn": [context], "y": y},
             {"c_concat": [x_aug], "c_crossattn": [uncond_context], "y": y})
 

@@ -7,6 +7,7 @@ from ldmcli.errors import UsageError
 from ldmcli.sampling.pipeline import decode, sample_latents
 from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.geometry import check_size
+from ldmcli.prompts import encode as encode_prompts
 
 
 def txt2img(model, prompt: str, *, negative_prompt: str = "", seeds: List[int], height: Optional[int] = None,
@@ -19,8 +20,7 @@ def txt2img(model, prompt: str, *, negative_prompt: str = "", seeds: List[int], 
     width = width or model.cfg.image_size
     check_size(model, height, width)
     f = model.cfg.first_stage.downsample_factor
-    context = model.get_learned_conditioning([prompt])
-    uncond = model.get_learned_conditioning([negative_prompt])
+    context, uncond = encode_prompts(model, prompt, negative_prompt)     # ldmcli/prompts: syntax, chunks, TI
     shape = (model.cfg.latent_channels, height // f, width // f)
     z = sample_latents(model, {"c_crossattn": [context]}, {"c_crossattn": [uncond]}, shape, seeds, settings,
                        callback=callback)

@@ -101,5 +101,9 @@ class WordPieceTokenizer:
         """Word-piece ids of one prompt, without [CLS]/[SEP] and without truncation."""
         return [i for word in basic_tokenize(text) for i in self.word_pieces(word)]
 
+    def unknown_words(self, text: str) -> List[str]:
+        """The words of `text` that become [UNK] (no word-piece split exists); for warnings."""
+        return [word for word in basic_tokenize(text) if self.word_pieces(word) == [self.unk_id]]
+
     def __call__(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
         return frame(texts, self.encode, self.cls_id, self.sep_id, self.pad_id, self.max_length)

@@ -1,0 +1,21 @@
+"""--help says what the user will get: the embedded model's own defaults (as loaded), and the families'."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from ldmcli.cli.app import app
+from ldmcli.tasks import TASK_NAMES
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_help_shows_the_embedded_models_actual_defaults(task):
+    from ldmcli.loading import load
+    from ldmcli.loading.registry import embedded_defaults
+    if embedded_defaults(task) is None:
+        pytest.skip("no embedded default")
+    model, _ = load(None, task=task, device="cpu")
+    cfg = model.cfg
+    text = " ".join(CliRunner().invoke(app, [task, "--help"]).stdout.split())
+    assert f"the embedded {task} model, {cfg.default_steps} steps, guidance {cfg.default_guidance:g}" in text
+    assert f"{cfg.image_size}x{cfg.image_size} px" in text and "With --ckpt" in text
