@@ -95,14 +95,11 @@ class BERTEmbedder(TextEncoder):
     tokens of MODELS.md §6.4 straight to `forward`.
     """
 
-    def __init__(self, cfg: BERTConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.transformer = TransformerWrapper(cfg)
+    TOKEN_EMBEDDING = "transformer.token_emb"
 
-    @property
-    def token_embedding(self) -> nn.Embedding:
-        return self.transformer.token_emb
+    def __init__(self, cfg: BERTConfig):
+        super().__init__(cfg)
+        self.transformer = TransformerWrapper(cfg)
 
     def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None,
                 n_blocks: Optional[int] = None) -> torch.Tensor:

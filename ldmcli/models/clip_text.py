@@ -41,6 +41,15 @@ class TextEncoder(nn.Module):
     cfg: object
     tokenizer: Optional[object] = None
     prompt_setup: Optional[object] = None
+    TOKEN_EMBEDDING = ""      # where each encoder keeps its token embedding (its checkpoint key, less `.weight`)
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.get_submodule(self.TOKEN_EMBEDDING)
 
     def get_tokenizer(self):
         if self.tokenizer is None:
@@ -145,16 +154,13 @@ class FrozenCLIPEmbedder(TextEncoder):
     (the "CLIP skip" variant).
     """
 
+    TOKEN_EMBEDDING = "transformer.text_model.embeddings.token_embedding"
+
     def __init__(self, cfg: CLIPTextConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.n_blocks = blocks_to_run(cfg.layer, cfg.layers)
         # `transformer` mirrors the HF CLIPTextModel wrapper, whose only child is `text_model`
         self.transformer = nn.ModuleDict({"text_model": CLIPTextTransformer(cfg)})
-
-    @property
-    def token_embedding(self) -> nn.Embedding:
-        return self.transformer["text_model"].embeddings.token_embedding
 
     def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None,
                 n_blocks: Optional[int] = None) -> torch.Tensor:

@@ -81,15 +81,12 @@ class FrozenOpenCLIPEmbedder(TextEncoder):
     "penultimate" (the SD2 default) runs resblocks 0 … layers-2 and then `ln_final`; "last" runs all of them.
     """
 
+    TOKEN_EMBEDDING = "model.token_embedding"
+
     def __init__(self, cfg: OpenCLIPTextConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.n_blocks = blocks_to_run(cfg.layer, cfg.layers)
         self.model = OpenCLIPTextTower(cfg)
-
-    @property
-    def token_embedding(self) -> nn.Embedding:
-        return self.model.token_embedding
 
     def forward(self, tokens: torch.Tensor, vectors: Optional[torch.Tensor] = None,
                 n_blocks: Optional[int] = None) -> torch.Tensor:

@@ -43,15 +43,13 @@ SAMPLERS: Dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("dpmpp_2m", "sample_dpmpp_2m", "trailing", karras=True, label="DPM++ 2M"),
     SamplerSpec("euler", "sample_euler", "trailing", karras=True, label="Euler"),
     SamplerSpec("euler_a", "sample_euler_ancestral", "trailing", karras=True, label="Euler a"),
-    SamplerSpec("heun", "k_samplers.sample_heun", "trailing", karras=True, label="Heun"),
-    SamplerSpec("lms", "k_samplers.sample_lms", "trailing", karras=True, label="LMS"),
-    SamplerSpec("dpm2", "k_samplers.sample_dpm2", "trailing", karras=True, label="DPM2"),
-    SamplerSpec("dpm2_a", "k_samplers.sample_dpm2_ancestral", "trailing", karras=True, label="DPM2 a"),
-    SamplerSpec("dpmpp_2s_a", "k_samplers.sample_dpmpp_2s_ancestral", "trailing", karras=True, label="DPM++ 2S a"),
-    SamplerSpec("dpmpp_sde", "k_samplers.sample_dpmpp_sde", "trailing", karras=True, label="DPM++ SDE"),
-    SamplerSpec("dpmpp_2m_sde", "k_samplers.sample_dpmpp_2m_sde", "trailing", karras=True, label="DPM++ 2M SDE"),
-    SamplerSpec("dpmpp_3m_sde", "k_samplers.sample_dpmpp_3m_sde", "trailing", karras=True, label="DPM++ 3M SDE"),
-    SamplerSpec("unipc", "k_samplers.sample_unipc", "trailing", karras=True, label="UniPC"),
+    # the σ-space samplers of k_samplers.py: name -> (function, A1111 label), all on the trailing grid by default
+    *(SamplerSpec(name, f"k_samplers.{fn}", "trailing", karras=True, label=label) for name, (fn, label) in {
+        "heun": ("sample_heun", "Heun"), "lms": ("sample_lms", "LMS"), "dpm2": ("sample_dpm2", "DPM2"),
+        "dpm2_a": ("sample_dpm2_ancestral", "DPM2 a"), "dpmpp_2s_a": ("sample_dpmpp_2s_ancestral", "DPM++ 2S a"),
+        "dpmpp_sde": ("sample_dpmpp_sde", "DPM++ SDE"), "dpmpp_2m_sde": ("sample_dpmpp_2m_sde", "DPM++ 2M SDE"),
+        "dpmpp_3m_sde": ("sample_dpmpp_3m_sde", "DPM++ 3M SDE"), "unipc": ("sample_unipc", "UniPC"),
+    }.items()),
 )}
 SAMPLER_NAMES: Tuple[str, ...] = tuple(SAMPLERS)
 K_SAMPLERS: Tuple[str, ...] = tuple(n for n, s in SAMPLERS.items() if s.karras)
