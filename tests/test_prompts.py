@@ -254,3 +254,10 @@ def test_bert_window_cut_with_warning(caplog):
     assert "BREAK ignored" in caplog.text and "last 3 token(s)" in caplog.text
     with pytest.raises(UsageError, match="clip-skip needs a CLIP"):
         configure(model, clip_skip=2)
+
+
+def test_configure_without_addons_works_on_every_text_family():
+    """A run (or job) that asks for neither clip skip nor embeddings configures any text model, BERT included."""
+    model = words_model()
+    setup = configure(model, syntax=False)
+    assert setup.clip_skip is None and not setup.embeddings and model.cond_stage_model.prompt_setup is setup

@@ -64,8 +64,11 @@ def configure(model, *, embeddings: Sequence[Embedding] = (), clip_skip: Optiona
             raise UsageError(f"--clip-skip needs a CLIP text encoder (SD 1.x/2.x); {name} has none")
         if embeddings:
             raise UsageError(f"--embedding needs a CLIP text encoder (SD 1.x/2.x); {name} has none")
-    if enc is None:
-        return PromptSetup(syntax, clip_skip, tuple(embeddings))
+    if enc is None or not is_clip(enc):   # nothing to check: neither clip skip nor embeddings were asked for
+        setup = PromptSetup(syntax, clip_skip, tuple(embeddings))
+        if enc is not None:
+            enc.prompt_setup = setup
+        return setup
     if clip_skip is not None and not 1 <= clip_skip <= enc.cfg.layers:
         raise UsageError(f"--clip-skip must lie in 1..{enc.cfg.layers} for {name}, got {clip_skip}")
     check_width(embeddings, enc.cfg.width, name)
