@@ -180,6 +180,9 @@ def bench_config(name, cfg, args, device, dtype):
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny configs on CPU (CI smoke mode)")
+    p.add_argument("--cpu", action="store_true", help="CPU mode (benchmarks/cpu.py): SD1.5 UNet CFG step and VAE "
+                   "decode at 512², ldmcli vs diffusers (with --tiny: a tiny config)")
+    p.add_argument("--dtypes", default="bfloat16,float32", help="--cpu: comma list of bfloat16, float32")
     p.add_argument("--configs", default=",".join(FULL), help=f"comma list of {', '.join(FULL)}")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--steps", type=int, default=50)
@@ -201,6 +204,9 @@ def main(argv=None) -> list:
     import diffusers
     diffusers.utils.logging.set_verbosity_error()    # its dtype-cast notices would drown the JSON lines
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
+    if args.cpu:
+        from benchmarks.cpu import main_cpu
+        return main_cpu(args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(

@@ -36,6 +36,7 @@ PROMPT = "a red circle above a blue square"
 SEED = 1234
 # (sampler, height, width) -> sha256 of the pixels; ddim is deterministic given x_T, euler_a also draws
 # ancestral noise at every step (the second, seed + 0x5EED, stream)
+DTYPE = ("--dtype", "float32")   # the golden hashes pin float32 numerics; auto is bfloat16 on bf16-capable CPUs
 GOLDEN = {
     ("ddim", 16, 16): "3cc5c4f92835375a2ba54f4602f72cd010a605aa1c50aced6e56eded6aac9b8a",
     ("euler_a", 16, 16): "c7602dfa279e40d4f48c7fe782141aa30627461eb81ba9a48f1cb84786b4bd2e",
@@ -61,7 +62,7 @@ def ldm(*args) -> list:
 
 def _one(ckpt, out, sampler="ddim", seed=SEED, h=16, w=16, *extra) -> str:
     paths = ldm("txt2img", PROMPT, "--ckpt", ckpt, "--steps", 4, "--sampler", sampler, "--seed", seed,
-                "-H", h, "-W", w, "-o", out, *extra)
+                "-H", h, "-W", w, "-o", out, *DTYPE, *extra)
     assert len(paths) == 1
     return pixels_sha256(paths[0])
 
@@ -77,7 +78,7 @@ def test_two_runs_identical_in_process_and_in_a_fresh_process(sd1_file, tmp_path
     assert _one(sd1_file, tmp_path / "b.png") == first
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     out = subprocess.run([sys.executable, "-m", "ldmcli", "txt2img", PROMPT, "--ckpt", str(sd1_file), "--steps", "4",
-                          "--seed", str(SEED), "-o", str(tmp_path / "c.png"), "-q"],
+                          "--seed", str(SEED), "-o", str(tmp_path / "c.png"), "-q", *DTYPE],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert pixels_sha256(tmp_path / "c.png") == first
@@ -88,19 +89,19 @@ def test_seed_in_a_batch_of_three_equals_alone(sd1_file, tmp_path, sampler):
     alone = _one(sd1_file, tmp_path / "alone.png", sampler)
     # --n-samples 3 in one forward: image k has seed SEED-1+k, so image 1 is SEED
     batch = ldm("txt2img", PROMPT, "--ckpt", sd1_file, "--steps", 4, "--sampler", sampler, "--seed", SEED - 1,
-                "-n", 3, "--batch-size", 3, "-o", tmp_path / "batch")
+                "-n", 3, "--batch-size", 3, "-o", tmp_path / "batch", *DTYPE)
     assert len(batch) == 3 and pixels_sha256(batch[1]) == alone
     assert len({pixels_sha256(p) for p in batch}) == 3          # and the three differ
     # --from-file: job i takes seed base+i (text), or its own "seed" (JSONL)
     text = tmp_path / "jobs.txt"
     text.write_text(f"{PROMPT}\n" * 3)
     jobs = ldm("txt2img", "--from-file", text, "--ckpt", sd1_file, "--steps", 4, "--sampler", sampler,
-               "--seed", SEED - 2, "-o", tmp_path / "text")
+               "--seed", SEED - 2, "-o", tmp_path / "text", *DTYPE)
     assert pixels_sha256(jobs[2]) == alone
     jsonl = tmp_path / "jobs.jsonl"
     jsonl.write_text("".join(json.dumps({"prompt": PROMPT, "seed": s}) + "\n" for s in (5, SEED, 6)))
     jobs = ldm("txt2img", "--from-file", jsonl, "--ckpt", sd1_file, "--steps", 4, "--sampler", sampler,
-               "-o", tmp_path / "jsonl")
+               "-o", tmp_path / "jsonl", *DTYPE)
     assert pixels_sha256(jobs[1]) == alone
 
 

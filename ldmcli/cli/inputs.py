@@ -20,6 +20,10 @@ OPTIONS = {"mask_blur": (float, 0.0), "invert_mask": (bool, False), "upscale": (
            "strength": (float, 0.75)}
 OPTIONS["class"] = ((int, str), None)   # `ldm sample --class`: an id or a name (JSONL may give either)
 OPTIONS["lora"] = (list, None)          # --lora / a job's "lora": ["FILE:WEIGHT", ...] (loading/lora.py)
+# a job's own add-ons, over the run's --clip-skip/--embedding/--embedding-dir/--vae (cli/addons.py); "vae": ""
+# is the checkpoint's own first stage, "embeddings": [] none
+OPTIONS.update({"clip_skip": (int, None), "embeddings": (list, None), "embedding_dir": (str, None),
+                "vae": (str, None)})
 
 
 def job_option(job, name: str):

@@ -5,8 +5,9 @@
 - JSONL: chosen when the first line that is neither blank nor a '#' comment starts with '{'. Each such line is
   an object whose keys are `Job` fields; a null value means "not set". Blank and '#' lines are skipped here too.
 - A value a line does not set comes from `defaults` (the command-line options), then from `Job`'s defaults.
-- Relative paths in a job (image, mask, layout, segmap, and the `extra` option palette; '~' expanded) are
-  resolved against the job file's directory; for stdin they are left relative to the working directory.
+- Relative paths in a job (image, mask, layout, segmap, and the `extra` options palette, vae, embeddings,
+  embedding_dir; '~' expanded) are resolved against the job file's directory; for stdin they are left relative to
+  the working directory.
 - Seeds: a job's explicit seed wins (-1: random); otherwise image k of job i gets --seed plus the images of the jobs
   before it, plus k (`outputs.first_seeds`), so every image of a batch has its own seed, reproducible from one
   --seed, the same however the batch is sharded (`shard`).
@@ -23,7 +24,7 @@ from typing import Optional, Union
 
 from ldmcli.errors import InputError, UsageError, close_matches, one_line
 from ldmcli.io.paths import expand_user
-from ldmcli.tasks import TASKS
+from ldmcli.tasks import ADDON_FILES, TASKS
 
 MAX_JOB_FILE_BYTES = 256 * 2**20  # `yes | ldm ... --jobs -` must end in an error, not fill memory
 SEED_LIMIT = 2**64                # torch.manual_seed accepts [0, 2**64)
@@ -112,7 +113,7 @@ def _seed(value):
 _CHECKS = {"prompt": _text, "negative_prompt": _text, "seed": _seed, "steps": _count, "scale": _number,
            "sampler": _text, "schedule": _text, "image": _path, "mask": _path, "layout": _path, "segmap": _path, "name": _text,
            "n_samples": _samples, "height": _count, "width": _count, "extra": _object}
-_FILES = {f for t in TASKS.values() for f in t.files}            # the task table's file inputs:
+_FILES = {f for t in TASKS.values() for f in t.files} | set(ADDON_FILES)   # the task table's file inputs:
 PATH_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f in _FILES)   # Job fields,
 EXTRA_PATHS = tuple(sorted(_FILES - set(PATH_FIELDS)))                    # and options of a job's `extra`
 
@@ -169,6 +170,15 @@ def _resolve(path: str, base_dir: Optional[Path]) -> str:
     return str(p if p.is_absolute() or base_dir is None else base_dir / p)
 
 
+def _resolve_option(name: str, value, base_dir: Optional[Path]):
+    """An `extra` option's value with its path(s) resolved when it names files (a path, or a list of paths)."""
+    if name not in EXTRA_PATHS:
+        return value
+    if isinstance(value, list):
+        return [_resolve(v, base_dir) if isinstance(v, str) and v else v for v in value]
+    return _resolve(value, base_dir) if isinstance(value, str) and value else value
+
+
 def _json_job(where: str, line: str, base: dict, base_dir: Optional[Path]) -> Job:
     """One JSONL line as a Job, on top of `base` (the defaults)."""
     try:
@@ -192,8 +202,8 @@ def _json_job(where: str, line: str, base: dict, base_dir: Optional[Path]) -> Jo
         except ValueError as e:
             raise InputError(f"{where}: {key!r} {e}") from None
         if key == "extra":
-            values["extra"].update({k: _resolve(v, base_dir) if k in EXTRA_PATHS and isinstance(v, str) and v
-                                    else v for k, v in checked.items()})  # on top of the default extras
+            values["extra"].update({k: _resolve_option(k, v, base_dir) for k, v in checked.items()})  # on top of
+            # the default extras
         else:
             values[key] = _resolve(checked, base_dir) if key in PATH_FIELDS else checked
     return Job(**values)
@@ -247,5 +257,9 @@ def fingerprint(task: str, job: Job, opts: dict) -> str:
     if fields.get("schedule") is None:   # a job without one keeps the fingerprint it had before the field existed
         fields.pop("schedule", None)
     options = {k: v for k, v in sorted(opts.items()) if k not in _NOT_IN_FINGERPRINT and v is not None}
+    if options.get("dtype", "auto") == "auto":   # auto means bf16 on CPUs with native bf16: name what runs, so a
+        from ldmcli.loading import auto_dtype_is_bf16   # folder resumed elsewhere redoes it; fp32/fp16 keep theirs
+        if auto_dtype_is_bf16(opts.get("device") or "auto", opts.get("ckpt"), task):
+            options["dtype"] = "bfloat16"
     text = json.dumps([task, fields, options], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]

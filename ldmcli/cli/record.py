@@ -35,6 +35,7 @@ def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
         "vae_hash": vae_hash(loaded.vae) if getattr(loaded, "vae", None) else None,
         "vae_path": str(Path(loaded.vae).resolve()) if getattr(loaded, "vae", None) else None,
         "prediction": model.cfg.parameterization, "job": index,
+        "dtype": str(model.dtype).replace("torch.", ""),     # what --dtype auto resolved to on this machine
         "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
         "extra": job.extra, "fingerprint": job.tag, "ldmcli_version": _version(),
     }

@@ -46,10 +46,13 @@ def _absolute_inputs(task: str, job):
     """The job with its input files as absolute paths: its fingerprint then names the files, not the folder the
     run started in, and `ldm replay` finds them from anywhere."""
     from ldmcli.io.paths import expand_user
-    for what in task_row(task).files:
+    from ldmcli.tasks import ADDON_FILES
+    for what in task_row(task).files + ADDON_FILES:
         where = job.__dict__ if what in job.__dataclass_fields__ else job.extra
         if isinstance(where.get(what), str) and where[what]:
             where[what] = os.path.abspath(expand_user(where[what]))
+        elif isinstance(where.get(what), list):     # a job's `embeddings`: a list of files
+            where[what] = [os.path.abspath(expand_user(v)) if isinstance(v, str) and v else v for v in where[what]]
     if job.extra.get("lora") is not None:      # LoRA files too: FILE[:WEIGHT] strings
         from ldmcli.loading.lora import absolute_specs
         job.extra["lora"] = absolute_specs(job.extra["lora"])
@@ -79,6 +82,7 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
     from ldmcli.cli.jobs import fingerprint, shard
     from ldmcli.cli.outputs import first_seeds, image_paths, plan_target
     from ldmcli.cli.validate import check_options
+    from ldmcli.cli.addons import check_job_addons
     from ldmcli.loading.lora import check_job_loras
     console = Console(quiet=bool(opts.get("quiet")))
     jobs = build_jobs(task, positional, opts)
@@ -102,6 +106,7 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
                 continue
             _precheck(task, job)
             check_job_loras(job, opts)      # files, weights, tags and layouts; their shapes need the model
+            check_job_addons(job, opts)     # a job's own embeddings read; their width needs the model
             ready.append((i, job, pending))
         except LdmError as e:
             console.error(f"job {i + 1}: {e}")
@@ -112,7 +117,8 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
             console.log(f"all {len(jobs)} job(s) already done (use --overwrite to redo)")
         return _exit_code(failures, attempted)
     model, loaded = load_model(task, opts, console, rank)
-    with console.progress(len(ready), f"{task}") as advance_jobs, _library_warnings(console):
+    from ldmcli.loading import cpu_threads
+    with console.progress(len(ready), f"{task}") as advance_jobs, _library_warnings(console), cpu_threads(model):
         for n, (i, job, pending) in enumerate(ready):
             try:
                 _run_job(task, model, loaded, (i, job, seeds[i], pending), opts, paths, console)
@@ -175,6 +181,8 @@ def _exit_code(failures: list, n: int) -> int:
 
 
 def load_model(task, opts, console, rank):
+    import dataclasses
+    from ldmcli.io.paths import expand_user
     from ldmcli.loading import load
     from ldmcli.prompts.embeddings import embedding_files, load_embeddings
     # embeddings are read (and bad files refused) before the model loads; their width is checked against it after
@@ -183,8 +191,11 @@ def load_model(task, opts, console, rank):
     t0 = time.perf_counter()
     model, info = load(opts.get("ckpt"), task=task, config=opts.get("config"), device=opts.get("device") or "auto",
                        dtype=opts.get("dtype") or "auto", use_ema=opts.get("ema"),
-                       prediction=opts.get("prediction"), vocab=opts.get("vocab"),
-                       vae=opts.get("vae"))
+                       prediction=opts.get("prediction"), vocab=opts.get("vocab"))
+    if opts.get("vae"):     # swapped in by use_vae, which keeps the checkpoint's own for jobs that want it back
+        from ldmcli.loading.vae import use_vae
+        info = dataclasses.replace(info, vae=str(expand_user(opts["vae"])))
+        use_vae(model, info.vae)
     if embeddings or opts.get("clip_skip") is not None:
         from ldmcli.prompts import configure
         configure(model, embeddings=embeddings, clip_skip=opts.get("clip_skip"))
@@ -208,6 +219,7 @@ def _emit(opts, record: dict, console=None) -> None:
 
 def _run_job(task, model, loaded, work, opts, paths, console) -> None:
     """Make the pending images of one job, `batch_size` at a time, each written as soon as it is decoded."""
+    from ldmcli.cli.addons import apply_job_addons
     from ldmcli.cli.inputs import run_job
     from ldmcli.cli.record import job_record
     from ldmcli.io.png import write_png_atomic, write_png_stdout
@@ -215,6 +227,7 @@ def _run_job(task, model, loaded, work, opts, paths, console) -> None:
     index, job, seed, pending = work
     # the job's LoRAs merged (the previous job's restored first); `run` is the job with its <lora:...> tags cut out
     run, lora_fields = apply_job_loras(model, job, opts)
+    loaded = apply_job_addons(model, loaded, job, opts)  # its clip skip, embeddings and VAE (the record's too)
     settings = _settings(opts, job).resolved(model.cfg)
     batch = max(1, int(opts.get("batch_size") or 1))
     for start in range(0, len(pending), batch):

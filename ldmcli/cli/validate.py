@@ -123,6 +123,7 @@ def _check_numbers(task: str, fields: dict, extra: dict) -> None:
     _whole("scale" if task == "superres" else "upscale", extra.get("upscale"), 1)
     _whole("tile-size", extra.get("tile_size"), 1, MAX_SIDE)
     _whole("tile-overlap", extra.get("tile_overlap"), 0)
+    _whole("clip-skip", extra.get("clip_skip"), 1)     # its upper bound is the text encoder's depth
     size, overlap = extra.get("tile_size"), extra.get("tile_overlap")
     if size is not None and overlap is not None and overlap >= size:
         raise UsageError(f"--tile-overlap must be below --tile-size ({size}), got {overlap}")
@@ -148,11 +149,31 @@ def check_job(task: str, job) -> None:
         if job.schedule not in SCHEDULE_LABELS:
             raise UsageError(f"unknown schedule {job.schedule!r}; choose one of {', '.join(SCHEDULE_LABELS)}")
     _check_images(job)
+    _check_addon_files(extra)
     if task == "layout2img":
         _check_layout(job)
     if extra.get("palette"):
         from ldmcli.io.segmap import check_palette_file
         check_palette_file(Path(extra["palette"]))
+
+
+def _check_addon_files(extra: dict) -> None:
+    """A job's own VAE (a regular file; "" is the checkpoint's own), embedding files and embedding folder exist."""
+    from ldmcli.io.paths import expand_user
+    from ldmcli.loading.files import check_regular_file
+    if extra.get("vae"):
+        path = expand_user(extra["vae"])
+        if not path.exists():
+            raise CheckpointError(f"VAE file not found: {path}")
+        check_regular_file(path, "VAE", CheckpointError)
+    for name in extra.get("embeddings") or ():
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"option 'embeddings' should be a list of files, got {str(name)[:60]!r} in it")
+        path = expand_user(name)
+        if not path.is_file():
+            raise UsageError(f"embedding not found: {path}")
+    if extra.get("embedding_dir") and not expand_user(extra["embedding_dir"]).is_dir():
+        raise UsageError(f"embedding_dir {extra['embedding_dir']}: not a folder")
 
 
 def _check_images(job) -> None:

@@ -5,11 +5,14 @@ Layouts read: the CompVis one of `vae-ft-mse-840000-ema-pruned` (`encoder.down.0
 `to_q/to_k/to_v/to_out.0` or the older `query/key/value/proj_attn`), mapped onto the CompVis names by
 `diffusers_to_compvis`, the one rename table of this module. The file is read as checkpoints are (never running
 code) and must fit the model's first stage tensor for tensor, else a one-line CheckpointError before sampling.
+`use_vae` swaps VAEs per job of a batch, keeping the checkpoint's own first stage to restore it bit-exactly.
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Dict
+import weakref
+from typing import Dict, Optional
 
 import torch
 
@@ -85,4 +88,44 @@ def apply_vae(model, path) -> None:
             t.copy_(sd[k].to(t.dtype))
 
 
-__all__ = ["apply_vae", "read_vae", "diffusers_to_compvis", "is_diffusers_layout"]
+class _Swapped:
+    """The VAE in a model now (`key`: its file's path, modification time and size; () for the checkpoint's own)
+    and the checkpoint's own first-stage tensors, kept on the CPU from the first swap on."""
+
+    def __init__(self):
+        self.key: tuple = ()
+        self.saved: Optional[dict] = None
+
+
+_STATE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _key(path) -> tuple:
+    if not path:
+        return ()
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+def use_vae(model, path=None) -> None:
+    """Make the first stage the VAE file's at `path`, or the checkpoint's own when None: the checkpoint's tensors
+    are kept before the first swap and put back bit-exactly before another VAE goes in, so in a batch a job's
+    image never depends on the VAEs of the jobs before it. A file that does not fit (CheckpointError) leaves the
+    checkpoint's own first stage in place."""
+    state = _STATE.setdefault(model, _Swapped())
+    key = _key(path)
+    if state.key == key:
+        return
+    fs = model.first_stage_model
+    if state.saved is None:
+        state.saved = {k: t.detach().to("cpu", copy=True) for k, t in fs.state_dict().items()}
+    with torch.no_grad():
+        for k, t in fs.state_dict().items():
+            t.copy_(state.saved[k])
+    state.key = ()
+    if path:
+        apply_vae(model, path)
+        state.key = key
+
+
+__all__ = ["apply_vae", "read_vae", "diffusers_to_compvis", "is_diffusers_layout", "use_vae"]

@@ -10,10 +10,14 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and cast back to the input dtype; parameters keep their own dtype.
 
     The reference normalises in the activation dtype; in fp16 the KL decoder's large activations overflow there
-    (MODELS.md §11 #4). In float32 this is exactly `nn.GroupNorm`.
+    (MODELS.md §11 #4). In float32 this is exactly `nn.GroupNorm`; bf16 on the CPU runs the native kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            # bf16 has float32's range (no overflow), and the CPU kernel accumulates in float32 and rounds once:
+            # the casts would only copy the activations twice
+            return super().forward(x)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)

@@ -71,6 +71,9 @@ TASKS: Dict[str, Task] = {t.name: t for t in (
 )}
 
 TASK_NAMES: Tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.world)   # the tasks training and eval cover
+# options of every task's `extra` that name files (a job's own add-ons: cli/addons.py), resolved as `files` are;
+# `embeddings` is a list of paths
+ADDON_FILES: Tuple[str, ...] = ("vae", "embeddings", "embedding_dir")
 
 
 def task(name: str) -> Task:
@@ -81,4 +84,4 @@ def task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
 
 
-__all__ = ["Task", "TASKS", "TASK_NAMES", "task"]
+__all__ = ["ADDON_FILES", "Task", "TASKS", "TASK_NAMES", "task"]

@@ -1,0 +1,108 @@
+"""The benchmark's CPU mode: one classifier-free-guidance UNet step and one VAE decode, ldmcli vs diffusers.
+
+    python -m benchmarks.bench --cpu                       # SD1.5 at 512², bfloat16 and float32
+    python -m benchmarks.bench --cpu --dtypes bfloat16 --repeats 3
+
+Both sides hold the same random weights (benchmarks/bench.py `build`) and run alternately in one process, each in
+the layout ldmcli picks for the dtype (`loading.prepare_for_cpu`: channels-last for bf16) and, as the column
+`_contiguous`, in the plain layout, so the table shows what the layout buys. Each record carries seconds per call
+(median), the ratio diffusers/ldmcli, GFLOP/s from torch's flop counter, and the max/mean abs difference of the two
+sides' outputs (UNet ε and decoded image), so speed never comes from skipping work. OpenVINO is timed only when
+installed (it is not a dependency); the record says so.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import time
+
+import torch
+
+from ldmcli.loading import presets
+from ldmcli.models import config as C
+
+_TINY = presets.SD1.with_(
+    unet=C.UNetConfig(4, 4, model_channels=32, channel_mult=(1, 2), attention_resolutions=(1, 2), num_heads=4,
+                      legacy=False, context_dim=32),
+    first_stage=C.AutoencoderConfig(kind="kl", embed_dim=4, z_channels=4, ch=32, ch_mult=(1, 2), resolution=32),
+    cond_stage=C.CLIPTextConfig(width=32, layers=1, heads=4, mlp_dim=64), latent_size=16)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()                                                   # warm-up: oneDNN primitive creation, allocator
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _inputs(cfg: C.ModelConfig, dtype, seed: int = 1):
+    """The CFG batch of one image (x twice, t twice, uncond + cond contexts) and one latent to decode."""
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.latent_size
+    x = torch.randn(1, cfg.latent_channels, s, s, generator=g).to(dtype).repeat(2, 1, 1, 1)
+    ctx = torch.randn(2, 77, cfg.unet.context_dim, generator=g).to(dtype)
+    z = torch.randn(1, cfg.latent_channels, s, s, generator=g).to(dtype)
+    return x, torch.tensor([500, 500]), ctx, z
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple:
+    d = (a.float() - b.float()).abs()
+    return round(d.max().item(), 5), round(d.mean().item(), 6)
+
+
+def _layout(modules, channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in modules:
+        m.to(memory_format=fmt)
+
+
+def bench_dtype(cfg: C.ModelConfig, dtype, repeats: int) -> dict:
+    """One record: UNet CFG step and VAE decode of both sides in `dtype`, in ldmcli's CPU layout and in plain."""
+    from benchmarks.bench import build
+    from ldmcli.loading import prepare_for_cpu
+    model, unet, vae = build(cfg, torch.device("cpu"), dtype)
+    x, t, ctx, z = _inputs(cfg, dtype)
+    ours_unet = lambda: model.apply_model(x, t, c_crossattn=[ctx])
+    peer_unet = lambda: unet(x, t, encoder_hidden_states=ctx).sample
+    ours_vae = lambda: model.decode_first_stage(z)
+    peer_vae = lambda: vae.decode(z / cfg.scale_factor).sample
+    rec = {"mode": "cpu", "config": cfg.name, "dtype": str(dtype)[6:], "threads": torch.get_num_threads(),
+           "latent": cfg.latent_size, "repeats": repeats,
+           "openvino": "installed (not timed)" if importlib.util.find_spec("openvino") else "not installed"}
+    with torch.inference_mode():
+        rec["unet_gflop"] = _flops(ours_unet) / 1e9
+        rec["vae_gflop"] = _flops(ours_vae) / 1e9
+        rec["unet_eps_diff_max_mean"] = _diff(ours_unet(), peer_unet())
+        rec["vae_image_diff_max_mean"] = _diff(ours_vae(), peer_vae())
+        for layout in ("contiguous", "picked"):
+            if layout == "picked":
+                prepare_for_cpu(model)
+                _layout((unet, vae), model.dtype == torch.bfloat16)   # the peer in the same layout
+            for part, ours, peer, gflop in (("unet", ours_unet, peer_unet, rec["unet_gflop"]),
+                                            ("vae", ours_vae, peer_vae, rec["vae_gflop"])):
+                a, b = _median_seconds(ours, repeats), _median_seconds(peer, repeats)
+                key = f"{part}_{layout}"
+                rec.update({f"{key}_ours_s": round(a, 3), f"{key}_diffusers_s": round(b, 3),
+                            f"{key}_speedup": round(b / a, 3), f"{key}_ours_gflops": round(gflop / a, 1)})
+    return rec
+
+
+def main_cpu(args) -> list:
+    cfg = _TINY if args.tiny else presets.SD1
+    out = []
+    for name in args.dtypes.split(","):
+        rec = bench_dtype(cfg, getattr(torch, name), args.repeats)
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
