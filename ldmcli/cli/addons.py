@@ -15,7 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Optional, Tuple
 
-from ldmcli.errors import InputError
 
 
 class Addons(NamedTuple):
@@ -51,22 +50,21 @@ def _read_embedding(path: str, mtime_ns: int, size: int):
     return load_embedding(path)
 
 
+def _cached_embedding(path: str):
+    """An embedding file read once per run and job (keyed by its stat, so a changed file is read again)."""
+    from ldmcli.prompts.embeddings import load_embedding
+    if not os.path.isfile(path):
+        return load_embedding(path)     # its one-line "not found"
+    st = os.stat(path)
+    return _read_embedding(path, st.st_mtime_ns, st.st_size)
+
+
 def embeddings_of(addons: Addons) -> list:
     """The Embeddings of the files and of the folder (a file named twice is read once); two tokens alike are an
     InputError."""
-    from ldmcli.prompts.embeddings import embedding_files
+    from ldmcli.prompts.embeddings import embedding_files, load_embeddings
     paths = embedding_files(addons.embeddings, [addons.embedding_dir] if addons.embedding_dir else ())
-    loaded = []
-    for path in dict.fromkeys(str(Path(p).resolve()) for p in paths):
-        if not os.path.isfile(path):
-            raise InputError(f"embedding not found: {path}")
-        st = os.stat(path)
-        emb = _read_embedding(path, st.st_mtime_ns, st.st_size)
-        twin = next((e for e in loaded if e.name == emb.name), None)
-        if twin is not None:
-            raise InputError(f"two embeddings are called {emb.name!r}: {twin.path} and {emb.path}")
-        loaded.append(emb)
-    return loaded
+    return load_embeddings(dict.fromkeys(str(Path(p).resolve()) for p in paths), load=_cached_embedding)
 
 
 def check_job_addons(job, opts: dict) -> None:

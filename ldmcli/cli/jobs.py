@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from ldmcli.cli.outputs import SEED_LIMIT
 from ldmcli.errors import InputError, UsageError, close_matches, one_line
 from ldmcli.io.paths import expand_user
 from ldmcli.tasks import ADDON_FILES, TASKS
 
 MAX_JOB_FILE_BYTES = 256 * 2**20  # `yes | ldm ... --jobs -` must end in an error, not fill memory
-SEED_LIMIT = 2**64                # torch.manual_seed accepts [0, 2**64)
 
 
 @dataclass

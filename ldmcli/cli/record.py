@@ -25,15 +25,15 @@ def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
         "task": task, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "steps": settings.steps, "sampler": settings.sampler,
         "scale": settings.guidance_scale, "eta": settings.eta, "karras": settings.karras,
-        "schedule": getattr(settings, "schedule", None),
+        "schedule": settings.schedule,
         "noise_device": settings.noise_device, "seed": seed, "width": size[0], "height": size[1],
         "model": model.cfg.name, "model_hash": model_hash(ckpt) if ckpt else "",
         "ckpt": Path(ckpt).name if ckpt else "", "ckpt_path": str(Path(ckpt).resolve()) if ckpt else "",
         "ema": loaded.ema,
         "denoising_strength": _strength(task, job),
-        "vae": Path(loaded.vae).name if getattr(loaded, "vae", None) else None,
-        "vae_hash": vae_hash(loaded.vae) if getattr(loaded, "vae", None) else None,
-        "vae_path": str(Path(loaded.vae).resolve()) if getattr(loaded, "vae", None) else None,
+        "vae": Path(loaded.vae).name if loaded.vae else None,
+        "vae_hash": vae_hash(loaded.vae) if loaded.vae else None,
+        "vae_path": str(Path(loaded.vae).resolve()) if loaded.vae else None,
         "prediction": model.cfg.parameterization, "job": index,
         "dtype": str(model.dtype).replace("torch.", ""),     # what --dtype auto resolved to on this machine
         "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
@@ -51,14 +51,11 @@ def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
 @lru_cache(maxsize=8)
 def vae_hash(path: str) -> str:
     """A1111's `VAE hash`: SHA-256 of the whole file, first 10 hex digits."""
-    h = hashlib.sha256()
+    from ldmcli.loading.registry import sha256_file
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(Path(path))[:10]
     except OSError:
         return ""
-    return h.hexdigest()[:10]
 
 
 def _strength(task, job):

@@ -73,7 +73,7 @@ def _settings(opts: dict, job):
     return SamplerSettings(sampler=job.sampler or opts.get("sampler") or "ddim", steps=job.steps,
                            guidance_scale=job.scale, eta=opts.get("eta"), karras=bool(opts.get("karras")),
                            noise_device=opts.get("noise_device"),
-                           schedule=getattr(job, "schedule", None) or opts.get("schedule"))
+                           schedule=job.schedule or opts.get("schedule"))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+from ldmcli.cli.outputs import SEED_LIMIT
 from ldmcli.errors import CheckpointError, UsageError
 from ldmcli.sampling.memory import MAX_SIDE
 
@@ -28,7 +29,6 @@ MAX_N_SAMPLES = 10_000      # images per job: 10^9 is a typo, not a plan
 MAX_BATCH_SIZE = 1_000      # images per forward pass
 MAX_NOISE_LEVEL = 999       # the upscaler's noise-augmentation schedule has 1000 levels (its model caps it lower)
 MAX_MASK_BLUR = 1024        # px of Gaussian feather; more blurs any mask to a uniform grey
-SEED_LIMIT = 2**64          # torch.manual_seed accepts [0, 2**64)
 _DECIMAL = re.compile(r"\s*[0-9]{1,9}\s*")   # int() would take "+1", "1_0" and non-ASCII digits too
 
 
@@ -83,11 +83,18 @@ def _check_model_paths(opts: dict) -> None:
             if path.exists() and (name == "ckpt" or path.suffix in (".yaml", ".yml")):
                 check_regular_file(path, "checkpoint" if name == "ckpt" else "config",
                                    CheckpointError if name == "ckpt" else UsageError)
-    vae = opts.get("vae")
-    if isinstance(vae, str) and vae:   # --vae: an existing regular file, checked before the model loads
-        path = expand_user(vae)
+    if isinstance(opts.get("vae"), str):
+        _check_vae_file(opts["vae"], "--vae file")
+
+
+def _check_vae_file(value: str, what: str) -> None:
+    """A VAE ("" is the checkpoint's own) is an existing regular file, checked before the model loads."""
+    from ldmcli.io.paths import expand_user
+    from ldmcli.loading.files import check_regular_file
+    if value:
+        path = expand_user(value)
         if not path.exists():
-            raise CheckpointError(f"--vae file not found: {path}")
+            raise CheckpointError(f"{what} not found: {path}")
         check_regular_file(path, "VAE", CheckpointError)
 
 
@@ -160,12 +167,8 @@ def check_job(task: str, job) -> None:
 def _check_addon_files(extra: dict) -> None:
     """A job's own VAE (a regular file; "" is the checkpoint's own), embedding files and embedding folder exist."""
     from ldmcli.io.paths import expand_user
-    from ldmcli.loading.files import check_regular_file
     if extra.get("vae"):
-        path = expand_user(extra["vae"])
-        if not path.exists():
-            raise CheckpointError(f"VAE file not found: {path}")
-        check_regular_file(path, "VAE", CheckpointError)
+        _check_vae_file(extra["vae"], "VAE file")
     for name in extra.get("embeddings") or ():
         if not isinstance(name, str) or not name:
             raise UsageError(f"option 'embeddings' should be a list of files, got {str(name)[:60]!r} in it")

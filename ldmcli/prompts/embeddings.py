@@ -60,11 +60,12 @@ def embedding_files(files: Sequence[str] = (), folders: Sequence[str] = ()) -> L
     return paths
 
 
-def load_embeddings(paths: Iterable[Union[str, Path]]) -> List[Embedding]:
-    """Every file's embedding; two files with the same stem (the same token) are refused."""
+def load_embeddings(paths: Iterable[Union[str, Path]], load=None) -> List[Embedding]:
+    """Every file's embedding (read by `load`, default `load_embedding`); two files with the same stem (the same
+    token) are refused."""
     loaded: List[Embedding] = []
     for path in paths:
-        emb = load_embedding(path)
+        emb = (load or load_embedding)(path)
         twin = next((e for e in loaded if e.name == emb.name), None)
         if twin is not None:
             raise InputError(f"two embeddings are called {emb.name!r}: {twin.path} and {emb.path}")
