@@ -36,10 +36,11 @@ m = Image.new("L", Image.open(f"{sys.argv[1]}/square.png").size, 0)
 ImageDraw.Draw(m).ellipse((8, 8, 40, 40), fill=255)
 m.save(f"{sys.argv[1]}/mask.png")
 PY
-ldm inpaint "$img" --mask "$out/mask.png" "a red heart" -o "$out/inpainted.png"
+ldm inpaint "$img" --mask "$out/mask.png" -o "$out/inpainted.png"             # refill the hole from around it
 
 # 5. layouts and segmentation maps
-ldm layout2img --box "red circle 0.1 0.1 0.45 0.45" --box "blue square 0.55 0.5 0.95 0.9" -o "$out/layout.png"
+# the default's boxes: objects about a quarter of the side across, centred on its 3x3 grid
+ldm layout2img --box "red circle 0.04 0.04 0.3 0.3" --box "blue square 0.7 0.7 0.96 0.96" -o "$out/layout.png"
 ldm semantic2img --list-labels
 python - "$out" <<'PY'
 import sys

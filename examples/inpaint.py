@@ -1,6 +1,6 @@
 """Inpainting with the Python API: white mask pixels are repainted, every other pixel is kept exactly.
 
-    python examples/inpaint.py photo.png mask.png "a red heart"                       # embedded default
+    python examples/inpaint.py photo.png mask.png                       # embedded default: refill from around the hole
     python examples/inpaint.py photo.png mask.png "a cat" --ckpt sd-v1-5-inpainting.ckpt
 """
 import argparse

@@ -1,6 +1,6 @@
 """Objects in boxes with the Python API: the embedded default's shapes-world labels, or any layout2img checkpoint.
 
-    python examples/layout2img.py                                  # a red circle top left, a blue square below right
+    python examples/layout2img.py                                  # a red circle top left, a blue square bottom right
     python examples/layout2img.py --ckpt layout2img-openimages256.ckpt --label 0 --label 1   # class numbers
 """
 import argparse
@@ -18,8 +18,10 @@ args = p.parse_args()
 model, _ = load(args.ckpt, task="layout2img")
 labels = args.label or ["red circle", "blue square"]
 print("first labels of the model:", ", ".join(list_labels(model)[:6]), "...")
-boxes = [LayoutBox(labels[0], (0.05, 0.05, 0.45, 0.45)),     # x0, y0, x1, y1 as fractions of the image
-         LayoutBox(labels[1], (0.50, 0.50, 0.95, 0.95))]
+# x0, y0, x1, y1 as fractions of the image; the default's world: objects about a quarter of the side across,
+# centred on a 3x3 grid
+boxes = [LayoutBox(labels[0], (0.04, 0.04, 0.30, 0.30)),
+         LayoutBox(labels[1], (0.70, 0.70, 0.96, 0.96))]
 images = layout2img(model, boxes, seeds=[0, 1], settings=SamplerSettings())
 for i, img in enumerate(images):
     img.save(f"layout-{i}.png")

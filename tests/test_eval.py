@@ -100,7 +100,7 @@ def test_targets_and_checks():
     report = E.json_report({"layout2img": {"iou": float("nan"), "label_acc": 0.5}}, n=1)
     assert json.loads(json.dumps(report))["results"]["layout2img"]["iou"] is None and report["all_pass"] is False
     assert E.parse_tasks(["txt2img,superres", "inpaint"]) == ("txt2img", "inpaint", "superres")
-    assert E.parse_tasks(["all"]) == E.TASK_NAMES + (E.CEILING,)
+    assert E.parse_tasks(["all"])[:len(E.TASK_NAMES) + 1] == E.TASK_NAMES + (E.CEILING,)   # then photos, if any
     assert E.parse_tasks(["autoencoder"]) == (E.CEILING,)
     with pytest.raises(UsageError, match="unknown task"):
         E.parse_tasks(["txt2image"])
@@ -134,7 +134,7 @@ def tiny_ckpts(tmp_path_factory):
 
 def test_evaluate_runs_on_tiny_models_and_random_weights_score_low(tiny_ckpts, tmp_path):
     seen = []
-    results = E.evaluate(n=3, ckpts=tiny_ckpts, steps=2, samples=2, save_dir=tmp_path,
+    results = E.evaluate(E.TASK_NAMES + (E.CEILING,), n=3, ckpts=tiny_ckpts, steps=2, samples=2, save_dir=tmp_path,
                          progress=lambda task, done, total: seen.append((task, done, total)))
     assert list(results) == list(E.TASK_NAMES) + [E.CEILING]
     assert seen == [(t, d, 3) for t in E.TASK_NAMES + (E.CEILING,) for d in range(4)]
@@ -240,3 +240,30 @@ def test_shipped_defaults_meet_every_target():
         pytest.skip(str(e))
     results = E.evaluate(n=E.TARGET_N, device="cpu")
     assert E.all_passed(results), "\n" + E.format_table(results)
+
+
+def test_photo_rows_run_on_real_photos_and_are_judged(tiny_ckpts, monkeypatch):
+    pytest.importorskip("skimage")
+    from ldmcli.eval import photos as P
+    monkeypatch.setattr(P, "PHOTOS", ("astronaut", "camera"))           # two photos: the rows, not the figures
+    assert E.parse_tasks(["all"])[-1] == "photos" and E.parse_tasks(["photos"]) == ("photos",)
+    seen = []
+    got = E.evaluate(("photos",), ckpts=tiny_ckpts, steps=1,
+                     progress=lambda task, done, total: seen.append((task, done, total)))["photos"]
+    assert set(E.TARGETS["photos"]) <= set(got) and got["n_photos"] == 2
+    assert 5 < got["sr128_bicubic_psnr"] < 60 and 5 < got["sr256_psnr"] < 60 and 0 < got["autoencoder_psnr"] < 60
+    assert got["sr128_gain_db"] == pytest.approx(got["sr128_psnr"] - got["sr128_bicubic_psnr"])
+    assert got["sr128_worst_gain_db"] <= got["sr128_gain_db"] and got["inpaint_seam_index"] > 0
+    assert [s for s in seen if s[1] == 0] == [("photos superres 32->128", 0, 2), ("photos superres 64->256", 0, 2),
+                                              ("photos inpaint", 0, 2)]
+    marks = E.check({"photos": got})["photos"]
+    assert set(marks) == set(E.TARGETS["photos"])
+
+
+def test_photo_rows_need_scikit_image(monkeypatch):
+    from ldmcli.eval import photos as P
+    from ldmcli.errors import UsageError
+    monkeypatch.setattr(P, "available", lambda: False)
+    assert "photos" not in E.parse_tasks(["all"])
+    with pytest.raises(UsageError, match="scikit-image"):
+        E.parse_tasks(["photos"])

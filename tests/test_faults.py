@@ -379,7 +379,7 @@ def _default_sigint() -> None:
 def test_sigint_mid_batch(ctx):
     jobs = ctx.file("jobs.txt", "".join(f"prompt number {i}\n" for i in range(200)).encode())
     proc = subprocess.Popen([sys.executable, "-m", "ldmcli", "txt2img", "--from-file", str(jobs), "--ckpt",
-                             str(ctx.ckpt), "--steps", "20", "-H", "32", "-W", "32", "-o", str(ctx.out), "-q"],
+                             str(ctx.ckpt), "--steps", "20", "-H", "24", "-W", "24", "-o", str(ctx.out), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV,
                             preexec_fn=_default_sigint)
     try:

@@ -34,7 +34,7 @@ def _batch(tmp_path: Path, ckpt: Path, n_jobs: int, *more: str) -> subprocess.Po
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("".join(f"prompt number {i}\n" for i in range(n_jobs)))
     return subprocess.Popen([sys.executable, "-m", "ldmcli", "txt2img", "--from-file", str(jobs), "--ckpt", str(ckpt),
-                             "--steps", "20", "-H", "32", "-W", "32", "-o", str(tmp_path / "out"), "-q", *more],
+                             "--steps", "20", "-H", "24", "-W", "24", "-o", str(tmp_path / "out"), "-q", *more],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             preexec_fn=_default_sigint)
 
@@ -199,7 +199,7 @@ def test_paths_and_progress_share_one_terminal(tmp_path, sd1_file):
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     env = {k: v for k, v in ENV.items() if k not in ("NO_COLOR", "COLUMNS", "LINES", "TERM")}
     proc = subprocess.Popen([sys.executable, "-m", "ldmcli", "txt2img", "a red circle", "--ckpt", str(sd1_file),
-                             "--steps", "4", "-H", "32", "-W", "32", "-n", "8", "-o", str(tmp_path / "out")],
+                             "--steps", "4", "-H", "24", "-W", "24", "-n", "8", "-o", str(tmp_path / "out")],
                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=dict(env, TERM="xterm"))
     os.close(slave)
     chunks = []

@@ -22,11 +22,12 @@ STEPS = 6
 def tiny_recipe(steps: int = STEPS) -> R.Recipe:
     sizes = R.Sizes(image=16, ae_width=32, ae_res_blocks=0, width=32, mult=(1, 2), res_blocks=1,
                     cross_attention=(1, 2), self_attention=(2,), text_width=32, text_layers=1, layout_width=32,
-                    layout_layers=1)
+                    layout_layers=1, photo_ae_res_blocks=1)
     stage = R.StageSettings(steps=steps, batch_size=4, lr=1e-3, warmup=2, ema_decay=0.9, log_every=1, ckpt_every=3,
                             disc_weight=0.1, disc_start=3)
     models = R._models(sizes)
     return R.Recipe("tiny", image_size=16, pool_size=16, autoencoder=models["txt2img"].first_stage, models=models,
+                    photo_autoencoder=models["superres"].first_stage, photo_leaves=8,
                     stages={t: stage for t in R.TASKS})
 
 
@@ -161,7 +162,7 @@ def test_ldm_loss_decreases(task, prediction):
     rec = tiny_recipe()
     cfg = R.model_config(rec, task, world_vocabulary(), scale_factor=1.0).with_(parameterization=prediction)
     torch.manual_seed(0)
-    model = build_ldm(cfg, AutoencoderKL(rec.autoencoder).state_dict())
+    model = build_ldm(cfg, AutoencoderKL(cfg.first_stage).state_dict())     # the photo tasks have their own
     pool = world_pool(16, 4, 0, TASK_FIELDS[task])
     uncond = None
     if task in ("txt2img", "inpaint"):
@@ -259,6 +260,8 @@ def test_exports_load_and_sample_with_every_task(full_run):
         assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
         first_stage = (f"first stage: task=decoder recipe=tiny steps={STEPS} seed=3 data=world; "
                        f"autoencoder: task=autoencoder recipe=tiny steps={STEPS} seed=3 data=world")
+        if task in R.PHOTO_TASKS:     # their own first stage, trained on dead leaves and the world
+            first_stage = f"first stage: task=photo-autoencoder recipe=tiny steps={STEPS} seed=3 data=world"
         assert meta["ldmcli_version"].endswith(f"train task={task} recipe=tiny steps={STEPS} seed=3 data=world; "
                                                + first_stage)
         model, info = load_model(written[task])
@@ -326,9 +329,9 @@ def test_resumed_export_takes_the_first_stage_from_its_file(full_run, tmp_path):
     ae = AutoencoderKL(cfg)
     ae.load_state_dict({k: v + 0.25 if k.startswith("decoder.conv_out") else v for k, v in sd.items()})
     save_autoencoder(ae, run / DECODER_FILE)
-    written = train(TrainOptions(task="superres", out=str(run), device="cpu", seed=3, resume=True), Recorder(),
+    written = train(TrainOptions(task="layout2img", out=str(run), device="cpu", seed=3, resume=True), Recorder(),
                     recipe=tiny_recipe())
-    exported, _ = read_checkpoint(written["superres"])
+    exported, _ = read_checkpoint(written["layout2img"])
     key = "decoder.conv_out.weight"
     assert torch.equal(exported[f"first_stage_model.{key}"], (sd[key] + 0.25).half())
 
@@ -421,3 +424,32 @@ def test_layout_coordinate_tokens_start_smooth_and_classes_random():
     a, near, far = (w[coordinate_token(x, y, 90)] for x, y in ((0.5, 0.5), (0.52, 0.5), (0.9, 0.1)))
     assert (a - near).norm() < 0.5 * (a - far).norm()
     assert 0.8 < w[72:8100].pow(2).mean().sqrt().item() < 1.2                      # same scale as N(0, 1)
+
+
+def test_photo_stages_train_on_dead_leaves_through_their_own_autoencoder(full_run):
+    from ldmcli.loading.checkpoint import read_checkpoint
+    from ldmcli.train.autoencoder_stage import load_autoencoder
+    out, written = full_run
+    photo_cfg, photo_sd = load_autoencoder(out / "photo-autoencoder.safetensors")
+    shapes_cfg, _ = load_autoencoder(out / "decoder.safetensors")
+    assert photo_cfg.num_res_blocks == 1 and shapes_cfg.num_res_blocks == 0
+    for task in R.LDM_TASKS:
+        sd, _ = read_checkpoint(written[task])
+        key = "first_stage_model.decoder.conv_in.weight"
+        photo = task in R.PHOTO_TASKS
+        assert ("first_stage_model.decoder.up.0.block.1.conv1.weight" in sd) == photo   # one res block more
+        if photo:      # the exported first stage is the photo autoencoder, as trained
+            assert torch.equal(sd[key], photo_sd["decoder.conv_in.weight"].half())
+
+
+def test_photo_pool_joins_dead_leaves_after_the_world_keeping_caption_variants():
+    from ldmcli.train.data import data_pool, join_pools, leaves_pool, world_pool
+    world = world_pool(16, 6, 0, ("caption", "object_mask", "lowres"), caption_variants=3)
+    leaves = leaves_pool(16, 4, 0, ("caption", "object_mask", "lowres"))
+    pool = join_pools(world, leaves)
+    assert pool.n_images == 10 and len(pool) == 30
+    assert pool.captions[:6] == world.captions[:6] and pool.captions[6:10] == [""] * 4
+    assert pool.captions[10:16] == world.captions[6:12]                  # variant 1 of the world, then the leaves
+    assert pool.tensors["lowres"].shape == (10, 3, 4, 4) and not pool.tensors["object_mask"][6:].any()
+    again = data_pool("world", 16, 6, 0, "superres", leaves=4)
+    assert torch.equal(again.tensors["image"][6:], leaves.tensors["image"])   # the same seeds, the same pictures

@@ -12,8 +12,8 @@ import typer
 from typing_extensions import Annotated
 
 from ldmcli.cli.guard import OneLineErrors
-from ldmcli.cli.options import (TEXT_OPTIONS, Ckpt, Device, Dtype, Eta, Height, Json, NegPrompt, Out, Quiet, Scale,
-                                Seed, Steps, Width, defaults_epilog, shared_options)
+from ldmcli.cli.options import (TEXT_OPTIONS, Ckpt, Device, Dtype, Eta, Height, Json, MatchInput, NegPrompt, Out,
+                                Quiet, Scale, Seed, Steps, Width, defaults_epilog, shared_options)
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Latent Diffusion from the command line: txt2img, inpaint, superres, layout2img, "
@@ -74,10 +74,11 @@ def inpaint(image: Annotated[Optional[str], typer.Argument(help="Image to edit (
             mask: Annotated[Optional[str], typer.Option("--mask", help="Mask PNG: white = repaint.")] = None,
             mask_blur: Annotated[float, typer.Option("--mask-blur", min=0, help="Feather radius (pixels).")] = 0,
             invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint the black part.")] = False,
-            negative_prompt: NegPrompt = "", opts: dict = None):
+            match_input: MatchInput = None, negative_prompt: NegPrompt = "", opts: dict = None):
     """Repaint the masked part of an image; pixels outside the mask stay unchanged."""
     _run("inpaint", {"image": image, "mask": mask, "prompt": prompt or "", "negative_prompt": negative_prompt,
-                     "mask_blur": mask_blur or None, "invert_mask": invert_mask or None}, opts)
+                     "mask_blur": mask_blur or None, "invert_mask": invert_mask or None,
+                     "match_input": match_input}, opts)
 
 
 @app.command(epilog=defaults_epilog("superres"))
@@ -91,13 +92,18 @@ def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution
              tile_size: Annotated[Optional[int], typer.Option("--tile-size", help="Latent tile size.")] = None,
              tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Latent tile "
                                                                  "overlap.")] = None,
+             match_input: MatchInput = None,
+             detail: Annotated[Optional[float], typer.Option("--detail", min=0, max=1, help="With --match-input: "
+                                                             "the share of the model's detail over the "
+                                                             "back-projected bicubic upscale (1 = all of it; "
+                                                             "default: the model's).")] = None,
              negative_prompt: NegPrompt = "", opts: dict = None):
     """Upscale an image 4x (overlapping latent tiles for large inputs). --guidance sets CFG here, since --scale is
     the upscaling factor."""
     opts = dict(opts, scale=guidance)
     _run("superres", {"image": image, "prompt": prompt or "", "negative_prompt": negative_prompt,
                       "upscale": upscale, "noise_level": noise_level, "tile_size": tile_size,
-                      "tile_overlap": tile_overlap}, opts)
+                      "tile_overlap": tile_overlap, "match_input": match_input, "detail": detail}, opts)
 
 
 @app.command(epilog=defaults_epilog("layout2img"))

@@ -17,7 +17,8 @@ OPTIONS = {"mask_blur": (float, 0.0), "invert_mask": (bool, False), "upscale": (
            "noise_level": (int, None), "tile_size": (int, None), "tile_overlap": (int, None),
            "palette": (str, None), "boxes": (list, None),
            "no_prompt_syntax": (bool, False),
-           "strength": (float, 0.75)}
+           "strength": (float, 0.75), "match_input": (bool, None),
+           "detail": (float, None)}
 OPTIONS["class"] = ((int, str), None)   # `ldm sample --class`: an id or a name (JSONL may give either)
 OPTIONS["lora"] = (list, None)          # --lora / a job's "lora": ["FILE:WEIGHT", ...] (loading/lora.py)
 # a job's own add-ons, over the run's --clip-skip/--embedding/--embedding-dir/--vae (cli/addons.py); "vae": ""
@@ -105,6 +106,8 @@ READERS: Dict[str, Callable] = {
     "tile_overlap": lambda job, model, got: job_option(job, "tile_overlap"),
     "strength": lambda job, model, got: job_option(job, "strength"),
     "mask_blur": lambda job, model, got: job_option(job, "mask_blur"),
+    "match_input": lambda job, model, got: job_option(job, "match_input"),
+    "detail": lambda job, model, got: job_option(job, "detail"),
     "label": lambda job, model, got: job_option(job, "class"),
 }
 

@@ -117,11 +117,14 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
             console.log(f"all {len(jobs)} job(s) already done (use --overwrite to redo)")
         return _exit_code(failures, attempted)
     model, loaded = load_model(task, opts, console, rank)
+    from ldmcli.cli.validate import job_size_warning
     from ldmcli.loading import cpu_threads
+    warned = set()      # each size warning once a run, not once a job
     with console.progress(len(ready), f"{task}") as advance_jobs, _library_warnings(console), cpu_threads(model):
         for n, (i, job, pending) in enumerate(ready):
             try:
-                _run_job(task, model, loaded, (i, job, seeds[i], pending), opts, paths, console)
+                warn = _warn_once(console, warned, job_size_warning(task, model.cfg, job))
+                _run_job(task, model, loaded, (i, job, seeds[i], pending), opts, paths, console, warn)
             except OutputClosed as e:   # the reader is gone: stop the batch (a rerun makes the rest)
                 rest = len(ready) - n - 1
                 raise OutputClosed(f"{e}: stopped in job {i + 1}" + (f", {rest} more job(s) not run" if rest else "")
@@ -131,6 +134,15 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
                 failures.append(e)
             advance_jobs()
     return _exit_code(failures, attempted)
+
+
+def _warn_once(console, warned: set, note):
+    """A callable that prints warning `note` (None: none) the first time it is called in the run, and then never."""
+    def warn() -> None:
+        if note and note not in warned:
+            warned.add(note)
+            console.warn(note)
+    return warn
 
 
 def _pending(opts, mode, paths, index, job, seed) -> list:
@@ -217,8 +229,10 @@ def _emit(opts, record: dict, console=None) -> None:
     (console.data if console is not None else write_data)(line)
 
 
-def _run_job(task, model, loaded, work, opts, paths, console) -> None:
-    """Make the pending images of one job, `batch_size` at a time, each written as soon as it is decoded."""
+def _run_job(task, model, loaded, work, opts, paths, console, warn=lambda: None) -> None:
+    """Make the pending images of one job, `batch_size` at a time, each written as soon as it is decoded. `warn()`
+    is called at each sampling step and once the images are made: after the task's own size and memory checks, so
+    a job refused for its size gets its one error line, not a warning about the size first."""
     from ldmcli.cli.addons import apply_job_addons
     from ldmcli.cli.inputs import run_job
     from ldmcli.cli.record import job_record
@@ -234,7 +248,8 @@ def _run_job(task, model, loaded, work, opts, paths, console) -> None:
         ks = pending[start:start + batch]
         t0 = time.perf_counter()
         with console.progress(settings.steps, f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}") as adv:
-            images = run_job(task, model, run, [seed + k for k in ks], settings, lambda *a: adv())
+            images = run_job(task, model, run, [seed + k for k in ks], settings, lambda *a: (warn(), adv()))
+        warn()
         dt = (time.perf_counter() - t0) / len(ks)
         for k, img in zip(ks, images):
             record = job_record(task, model, loaded, job, settings, seed + k, img.size, index)

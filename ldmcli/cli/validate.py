@@ -4,6 +4,8 @@ The runner calls `check_options` once after building the jobs (the run's options
 of a run without --from-file) and `check_job` for every job of a batch before anything is loaded, so a bad job
 fails alone and the model is never read for a batch that has no good job. What needs the model (the size's
 multiple, class names, the number of timesteps, the upscaler's noise cap) is checked again when it is known.
+`job_size_warning` is no refusal: once the model is known, the runner warns (and goes on) when a generative task is
+asked for an output at least twice the model's training size, where it is likely to draw incoherent images.
 
 Bounds, said in the errors and the README:
 - --n-samples (a job's `n_samples`) 1..MAX_N_SAMPLES; --batch-size 1..MAX_BATCH_SIZE;
@@ -20,9 +22,10 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Optional, Tuple
 
 from ldmcli.cli.outputs import SEED_LIMIT
-from ldmcli.errors import CheckpointError, UsageError
+from ldmcli.errors import CheckpointError, LdmError, UsageError
 from ldmcli.sampling.memory import MAX_SIDE
 
 MAX_N_SAMPLES = 10_000      # images per job: 10^9 is a typo, not a plan
@@ -195,5 +198,46 @@ def _check_layout(job) -> None:
     check_boxes(boxes, job.width, job.height)
 
 
-__all__ = ["MAX_N_SAMPLES", "MAX_BATCH_SIZE", "MAX_NOISE_LEVEL", "MAX_MASK_BLUR", "check_options", "check_job",
+# tasks whose output is synthesised, not restored: beyond their training size they repeat subjects or lose shape
+# (superres and inpaint work on the picture they are given, locally, and are left out)
+GENERATIVE_TASKS = ("txt2img", "layout2img", "semantic2img", "img2img", "sample")
+
+
+def size_warning(task: str, cfg, height: Optional[int], width: Optional[int]) -> Optional[str]:
+    """The warning for a `task` output of height x width px (None: the model's native side) from a model of `cfg`,
+    when its longer side is at least twice the training size (`cfg.latent_size` latent cells times the first
+    stage's factor); None otherwise, and always for the tasks outside GENERATIVE_TASKS."""
+    trained = cfg.latent_size * cfg.first_stage.downsample_factor
+    height, width = height or trained, width or trained
+    if task not in GENERATIVE_TASKS or max(height, width) < 2 * trained:
+        return None
+    return (f"{cfg.name} was trained at {trained}x{trained} px; at {width}x{height} px it may not draw coherent "
+            f"images (it was never trained at this size)")
+
+
+def output_size(task: str, cfg, job) -> Tuple[Optional[int], Optional[int]]:
+    """(height, width) of a job's images as its task will make them, from its options and input headers; None
+    for a side that is the model's native one (or that cannot be told before reading a pipe)."""
+    from ldmcli.io.images import image_size
+    if task == "semantic2img":      # the map's own size
+        size = image_size(Path(job.segmap), "segmentation map") if job.segmap else None
+        return (size[1], size[0]) if size else (None, None)
+    if task == "img2img" and job.image and not (job.height and job.width):   # the image's, rounded down
+        size = image_size(Path(job.image), "image")
+        m = cfg.first_stage.downsample_factor * 2 ** (len(cfg.unet.channel_mult) - 1)
+        if size:
+            return job.height or size[1] - size[1] % m, job.width or size[0] - size[0] % m
+    return job.height, job.width
+
+
+def job_size_warning(task: str, cfg, job) -> Optional[str]:
+    """`size_warning` for a job; None too when its input cannot be read (the task reports that, not this)."""
+    try:
+        return size_warning(task, cfg, *output_size(task, cfg, job))
+    except (LdmError, OSError, ValueError):
+        return None
+
+
+__all__ = ["GENERATIVE_TASKS", "job_size_warning", "output_size", "size_warning",
+           "MAX_N_SAMPLES", "MAX_BATCH_SIZE", "MAX_NOISE_LEVEL", "MAX_MASK_BLUR", "check_options", "check_job",
            "check_environment"]

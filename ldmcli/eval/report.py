@@ -27,6 +27,15 @@ TARGETS: Dict[str, Dict[str, Target]] = {
     "superres": {"psnr": Target(">=", 3.0, "bicubic_psnr")},
     "layout2img": {"iou": Target(">=", 0.6)},
     "semantic2img": {"pixel_acc": Target(">=", 0.85), "object_pixel_acc": Target(">=", 0.5)},
+    # real photographs (eval/photos.py): super-resolution at least 1 dB over bicubic on average and never 0.3 dB
+    # under it, no tile seams (the gradient energy index across the tile borders no more than bicubic's + 0.1:
+    # bicubic has no tiles, and its index is what the photos' own content puts on those lines); inpainting better
+    # than a mean-colour fill in the hole and no seam at its border (index at most 1.5)
+    "photos": {**{f"sr{hi}_{m}": t for _, hi in ((32, 128), (64, 256))
+                  for m, t in (("gain_db", Target(">=", 1.0)), ("worst_gain_db", Target(">=", -0.3)),
+                               ("seam_index", Target("<=", 0.1, f"sr{hi}_bicubic_seam_index")))},
+               "inpaint_hole_psnr": Target(">", 0.0, "inpaint_mean_fill_psnr"),
+               "inpaint_seam_index": Target("<=", 1.5)},
 }
 _OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b}
 Results = Dict[str, Dict[str, float]]     # {task: {metric: value}}

@@ -12,22 +12,28 @@ import numpy as np
 from ldmcli.errors import UsageError
 from ldmcli.eval.ceiling import CEILING, Progress, autoencoder_ceiling, first_stage_model
 from ldmcli.eval.examples import DEFAULT_N, check_split, eval_examples, task_inputs
+from ldmcli.eval.photos import PHOTO_ROWS
 from ldmcli.eval.scores import score
 from ldmcli.tasks import TASK_NAMES, TASKS
 
 SAMPLES = 4         # seeds per example, sampled in one batch
-CHOICES = TASK_NAMES + (CEILING,)
+CHOICES = TASK_NAMES + (CEILING, PHOTO_ROWS)
+# the models the photo rows run: superres and inpaint on photographs, the autoencoder row is superres's first stage
+PHOTO_MODELS = ("superres", "inpaint")
 
 
 # ---- tasks and checkpoints ------------------------------------------------------------------------------------
 def parse_tasks(tasks: Sequence[str]) -> tuple:
     """Task names from a list whose items may be comma lists or "all"; in the order of the task table."""
+    from ldmcli.eval.photos import available
     wanted = {t.strip() for item in tasks for t in str(item).split(",") if t.strip()}
-    if not wanted or "all" in wanted:
-        return CHOICES
+    if not wanted or "all" in wanted:      # the photo rows when their photos are installed
+        return CHOICES if available() else tuple(c for c in CHOICES if c != PHOTO_ROWS)
     unknown = sorted(wanted - set(CHOICES))
     if unknown:
         raise UsageError(f"unknown task {unknown[0]!r}; choose all or some of {', '.join(CHOICES)}")
+    if PHOTO_ROWS in wanted and not available():
+        raise UsageError("the photo rows need scikit-image's sample photos: pip install scikit-image")
     return tuple(t for t in CHOICES if t in wanted)
 
 
@@ -50,11 +56,17 @@ def resolve_checkpoints(tasks: Sequence[str], ckpts: Optional[Dict[str, str]] = 
     from ldmcli.loading import resolve_ckpt
     from ldmcli.loading.registry import WEIGHTS_DIR, default_path
     ckpts = dict(ckpts or {})
-    unknown = sorted(set(ckpts) - set(CHOICES))
+    photo_keys = {f"{PHOTO_ROWS}:{t}" for t in PHOTO_MODELS}     # resolved paths handed back in (ldm eval)
+    unknown = sorted(set(ckpts) - set(CHOICES) - photo_keys)
     if unknown:
         raise UsageError(f"--ckpt for unknown task {unknown[0]!r}; tasks are {', '.join(CHOICES)}")
     out = {}
     for task in tasks:
+        if task == PHOTO_ROWS:
+            given = {t: ckpts.get(f"{PHOTO_ROWS}:{t}") or ckpts.get(t) for t in PHOTO_MODELS}
+            out |= {f"{PHOTO_ROWS}:{t}": p for t, p in
+                    resolve_checkpoints(PHOTO_MODELS, {t: v for t, v in given.items() if v}).items()}
+            continue
         source = "txt2img" if task == CEILING and not ckpts.get(CEILING) else task  # the ceiling: txt2img's AE
         if ckpts.get(source):
             out[task] = resolve_ckpt(ckpts[source], source)
@@ -115,6 +127,23 @@ def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: O
     return out | {"n_examples": float(len(examples)), "seconds": time.perf_counter() - start}
 
 
+def evaluate_photos(paths: Dict[str, Path], device: str, seed: int = 0, steps: Optional[int] = None,
+                    progress: Optional[Progress] = None, scale: Optional[float] = None,
+                    eta: Optional[float] = None) -> Dict[str, float]:
+    """The photo rows (eval/photos.py): superres and its first stage, then inpaint, on scikit-image's photos."""
+    from ldmcli.eval import photos as P
+    from ldmcli.loading import load
+    from ldmcli.sampling.settings import SamplerSettings
+    settings = SamplerSettings(steps=steps, guidance_scale=scale, eta=eta)
+    start = time.perf_counter()
+    model, _ = load(str(paths[f"{PHOTO_ROWS}:superres"]), task="superres", device=device)
+    out = P.superres_rows(model, seed, settings, progress) | P.autoencoder_rows(model)
+    del model
+    model, _ = load(str(paths[f"{PHOTO_ROWS}:inpaint"]), task="inpaint", device=device)
+    out |= P.inpaint_rows(model, seed, settings, progress)
+    return out | {"n_photos": float(len(P.PHOTOS)), "seconds": time.perf_counter() - start}
+
+
 # ---- the evaluator --------------------------------------------------------------------------------------------
 def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optional[Dict[str, str]] = None,
              device: str = "cpu", seed: int = 0, steps: Optional[int] = None, save_dir=None,
@@ -132,6 +161,9 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
         if task == CEILING:
             model = first_stage_model(paths[task], device)
             results[task] = autoencoder_ceiling(model, n, progress, split=split)
+        elif task == PHOTO_ROWS:
+            results[task] = evaluate_photos(paths, device, seed, steps, progress, scale, eta)
+            continue
         else:
             model, _ = load(str(paths[task]), task=task, device=device)
             results[task] = evaluate_model(task, model, n, seed, steps, samples, save_dir, progress, split, scale,

@@ -127,15 +127,17 @@ def build_condition(model, family: str, x: torch.Tensor, hole: torch.Tensor, pro
     return (*text_condition(model, prompt, negative_prompt, {}), {"x0_known": x0_known, "mask": keep})
 
 
-def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mask_blur: Optional[float] = 0.0, *,
-            seeds: List[int], settings: SamplerSettings = SamplerSettings(), callback: Optional[Callable] = None):
+def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mask_blur: Optional[float] = 0.0,
+            match_input: Optional[bool] = None, *, seeds: List[int], settings: SamplerSettings = SamplerSettings(), callback: Optional[Callable] = None):
     """Repaint where `mask` (float [H, W] in [0, 1], 1 = repaint) is set; one image of the input's size per seed.
     Returns a list of PIL images.
 
     The model always sees the mask thresholded at 0.5 (the reference scripts). The paste-back uses it thresholded
     too, so grey mask values do not blend (as the reference does), unless `mask_blur` > 0 says the mask was
-    feathered on purpose (--mask-blur): then its soft values are the paste-back's alpha."""
+    feathered on purpose (--mask-blur): then its soft values are the paste-back's alpha. match_input (None: the
+    model's default): shift the fill to meet the known pixels without a seam (tasks/match_input.py)."""
     from ldmcli.io.images import pil_to_tensor
+    from ldmcli.tasks.match_input import seamless_fill, wanted
     family = inpaint_family(model.cfg)
     mask = check_mask(image, mask)
     if not mask_blur:
@@ -150,7 +152,10 @@ def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mas
         cond, uncond, blend = build_condition(model, family, x, hole, prompt, negative_prompt, seeds)
     shape = (model.cfg.latent_channels, x.shape[-2] // f, x.shape[-1] // f)
     z = sample_latents(model, cond, uncond, shape, seeds, settings, callback=callback, **blend)
-    return [paste_back(image, g.crop((0, 0, width, height)), mask) for g in decode(model, z)]
+    out = [g.crop((0, 0, width, height)) for g in decode(model, z)]
+    if wanted(model, match_input):
+        out = [seamless_fill(image, g, mask) for g in out]
+    return [paste_back(image, g, mask) for g in out]
 
 
 __all__ = ["inpaint", "inpaint_family", "ldm_condition", "sd_condition", "known_latent", "text_condition",

@@ -5,7 +5,8 @@ Two families, which differ only in the condition they build:
   VQ-f4 latent of the same spatial size; no text, no guidance; decoding re-quantizes the latent (§11 #21).
 - SD x4 upscaler (hybrid-adm): the low-res image, noise-augmented in pixel space on its own schedule, is
   concatenated to the 4-channel latent; `y` = the noise level; OpenCLIP text with classifier-free guidance.
-Latents larger than one tile are sampled by overlapping tiles (sampling/tiling.py) and decoded by tiles.
+Latents larger than one tile are sampled by overlapping tiles (sampling/tiling.py) and decoded by tiles, except
+with a purely convolutional UNet (no attention, as the embedded default), which runs in one pass while it fits.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ldmcli.errors import UsageError
 from ldmcli.sampling.schedules import alphas_cumprod_from
 from ldmcli.sampling.noise import side_generator
 from ldmcli.sampling.pipeline import Cond, decode, sample_latents
+from ldmcli.sampling.memory import unet_fits
 from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.tasks.geometry import latent_multiple, pad_to_multiple, plan_tiling
 from ldmcli.prompts import encode as encode_prompts
@@ -83,6 +85,7 @@ def _check_options(model, family: str, scale: int, prompt: str, negative_prompt:
 def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale: int = 4,
              noise_level: Optional[int] = None, seeds: List[int], settings: SamplerSettings = SamplerSettings(),
              tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
+             match_input: Optional[bool] = None, detail: Optional[float] = None,
              callback: Optional[Callable] = None):
     """Upscale `image` (PIL) by the model's factor; one image of exactly scale·W × scale·H per seed.
 
@@ -90,8 +93,14 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
     silent resize, so the output size is always what the model produced. noise_level: x4 only, in
     [0, cfg.max_noise_level], default 20. tile_size / tile_overlap: latent cells (= low-res pixels for both
     families); a latent larger than tile_size (default cfg.latent_size) is sampled and decoded by overlapping tiles.
-    The low-res image is mirror-padded to the UNet's multiple and the result cropped back.
+    The low-res image is mirror-padded to the UNet's multiple and the result cropped back. match_input (None: the
+    model's default): back-project each result onto the input; detail (None: the model's default; 0 to 1, with
+    match_input only): the share of the model's detail over the back-projected bicubic (tasks/match_input.py).
     """
+    from ldmcli.tasks.match_input import back_project, detail_share, wanted
+    if detail is not None and not wanted(model, match_input):
+        raise UsageError("--detail applies with --match-input only")
+    share = detail_share(model, detail)
     from ldmcli.io.images import pil_to_tensor
     family = superres_family(model.cfg)
     level = _check_options(model, family, scale, prompt, negative_prompt, noise_level)
@@ -102,9 +111,13 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
     else:
         cond, uncond = x4_condition(model, lr, prompt, negative_prompt, level, seeds)
     tiling = plan_tiling(model, lr.shape[-2:], tile_size, tile_overlap)
+    if (tiling is not None and not model.cfg.unet.attention_resolutions and tile_size is None
+            and tile_overlap is None and unet_fits(model, *lr.shape[-2:], batch=1)):
+        tiling = None      # a purely convolutional UNet runs on the whole image: no tiles, no seams
     shape = (model.cfg.latent_channels, *lr.shape[-2:])                # the latent has the low-res image's size
     z = sample_latents(model, cond, uncond, shape, seeds, settings, callback=callback, tiling=tiling)
-    return [img.crop((0, 0, scale * width, scale * height)) for img in decode(model, z, tiling)]
+    out = [img.crop((0, 0, scale * width, scale * height)) for img in decode(model, z, tiling)]
+    return [back_project(img, image, detail=share) for img in out] if wanted(model, match_input) else out
 
 
 __all__ = ["superres", "superres_family", "bsr_condition", "noise_augment", "x4_condition",

@@ -9,6 +9,8 @@ World examples come from `ldmcli.world.render.example` on the "train" split; the
 exact render at a quarter of the size (not a resize). Folder examples: every image (centre-cropped to a square,
 resized with Pillow's antialiasing bicubic filter) with the caption in `<stem>.txt` beside it ("" if none);
 the low-res image is a bicubic ÷4 resize of that.
+Dead-leaves examples (`leaves_pool`, world/deadleaves.py) have the caption "" (the unconditional prompt), no object
+to mask, and as the folder's the bicubic ÷4 resize as low-res image: the degradation of a resized photograph.
 """
 from __future__ import annotations
 
@@ -146,6 +148,45 @@ def world_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: i
     return pool
 
 
+def _leaves_chunk(args) -> List[dict]:
+    from ldmcli.world.deadleaves import dead_leaves
+    seeds, size, fields = args
+    records = []
+    for s in seeds:
+        img = dead_leaves(s, size)
+        rec = {"image": _image_array(img), "caption": ""}
+        if "lowres" in fields:
+            rec["lowres"] = _image_array(img.resize((size // 4, size // 4), Image.Resampling.BICUBIC))
+        if "object_mask" in fields:
+            rec["object_mask"] = np.zeros((size, size), np.uint8)
+        records.append(rec)
+    return records
+
+
+def leaves_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: int = 0, world: int = 1,
+                workers: int = 1) -> Pool:
+    """This process's shard of n dead-leaves examples of the stream with base seed `seed`."""
+    fields = tuple(f for f in fields if f not in WORLD_ONLY)
+    seeds = [mix_seed(seed, i, 0x1EAF) for i in range(n)][rank::world]
+    chunks = [(seeds[i:i + 256], size, fields) for i in range(0, len(seeds), 256)]
+    if workers <= 1 or len(chunks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        records = [r for chunk in chunks for r in _leaves_chunk(chunk)]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as executor:
+            records = [r for chunk in executor.map(_leaves_chunk, chunks) for r in chunk]
+    return _stack(records, fields)
+
+
+def join_pools(a: Pool, b: Pool) -> Pool:
+    """a's examples then b's (b with one caption per image); a's caption variants stay variant-major (Pool)."""
+    tensors = {k: torch.cat([a.tensors[k], b.tensors[k]]) for k in a.tensors}
+    k = max(1, len(a.captions) // max(a.n_images, 1))
+    captions = []
+    for v in range(k):
+        captions += a.captions[v * a.n_images:(v + 1) * a.n_images] + b.captions
+    return Pool(tensors, captions)
+
+
 def folder_images(path) -> List[Path]:
     """The image files of a folder (not recursive), sorted by name."""
     root = Path(path)
@@ -224,11 +265,15 @@ def batch_indices(step: int, batch: int, n: int, seed: int, rank: int = 0) -> to
 
 
 def data_pool(data: str, size: int, n: int, seed: int, task: str, rank: int = 0, world: int = 1,
-              workers: int = 1, caption_variants: int = 1) -> Pool:
-    """The pool a stage trains on: `data` is "world" or a folder path (one caption per image: its .txt)."""
+              workers: int = 1, caption_variants: int = 1, leaves: int = 0) -> Pool:
+    """The pool a stage trains on: `data` is "world" or a folder path (one caption per image: its .txt); with
+    world data, `leaves` dead-leaves examples follow the n world ones."""
     fields = TASK_FIELDS[task]
     if data == "world":
-        return world_pool(size, n, seed, fields, rank, world, workers, caption_variants)
+        pool = world_pool(size, n, seed, fields, rank, world, workers, caption_variants)
+        if leaves:
+            pool = join_pools(pool, leaves_pool(size, leaves, seed, fields, rank, world, workers))
+        return pool
     return folder_pool(data, size, fields, rank, world)
 
 
@@ -237,5 +282,5 @@ def vocabulary(data: str) -> Tuple[str, ...]:
 
 
 __all__ = ["Pool", "TASK_FIELDS", "mix_seed", "world_layout_tokens", "unconditional_layout", "world_pool",
-           "folder_pool", "folder_images", "world_vocabulary", "folder_vocabulary", "batch_indices", "data_pool",
+           "folder_pool", "folder_images", "leaves_pool", "join_pools", "world_vocabulary", "folder_vocabulary", "batch_indices", "data_pool",
            "vocabulary"]

@@ -39,11 +39,15 @@ LDM_TASKS = TASK_NAMES
 # The stages of `ldm train`, in training order. "decoder" fine-tunes the autoencoder's decoder with its encoder
 # frozen (as Stable Diffusion's ft-MSE/ft-EMA decoders do): the latents every LDM trains on are unchanged, so it only
 # sharpens what they decode; a recipe without a "decoder" stage skips it.
-TASKS = ("autoencoder", "decoder") + LDM_TASKS
+TASKS = ("autoencoder", "decoder", "photo-autoencoder") + LDM_TASKS
+# The defaults that must work on real pictures train on dead-leaves images (world/deadleaves.py) mixed with the
+# shapes world, through their own "photo" autoencoder trained on the same mix; the text, layout and semantic
+# defaults keep the shapes world and its autoencoder (docs/RESULTS.md, "Photographs").
+PHOTO_TASKS = ("superres", "inpaint")
 # Stage k's seed is mix(seed, SEED_INDEX[k]); the index is the one each stage got when it was added, so a new stage
 # leaves the seeds (and the trained weights) of the others as they were.
 SEED_INDEX = {"autoencoder": 0, "txt2img": 1, "inpaint": 2, "superres": 3, "layout2img": 4, "semantic2img": 5,
-              "decoder": 6}
+              "decoder": 6, "photo-autoencoder": 7}
 RECIPES = ("cpu", "gpu")
 
 # What the UNet predicts. The paper's L_LDM has εθ predict ε; the recipes use SD 2's v = √ᾱ·ε − √(1−ᾱ)·z0 instead
@@ -103,6 +107,8 @@ class Recipe:
     # k - 1 captions with the attribute dropout drawn again (data.Pool), so bare prompts ("a red circle") are seen
     # on k times as many scenes (docs/RESULTS.md, "txt2img", "inpaint")
     caption_variants: int = 1
+    photo_autoencoder: Optional[AutoencoderConfig] = None   # the first stage of PHOTO_TASKS (None: the shared one)
+    photo_leaves: int = 0                   # dead-leaves images in the pools of the photo stages
 
 
 # ---- building blocks ------------------------------------------------------------------------------------------
@@ -154,10 +160,12 @@ class Sizes:
     text_layers: int
     layout_width: int
     layout_layers: int
+    photo_ae_res_blocks: int = 0     # the photo autoencoder's (same width): textures need more than flat shapes
 
 
 def _models(z: Sizes) -> Dict[str, ModelConfig]:
     fs = _first_stage(z.ae_width, z.ae_res_blocks, z.image)
+    photo = _first_stage(z.ae_width, z.photo_ae_res_blocks, z.image)
     sched = dict(parameterization=PARAMETERIZATION, linear_start=0.0015, linear_end=0.0195, timesteps=1000,
                  scale_factor=1.0, latent_size=z.image // 4, latent_channels=4, default_steps=50, default_eta=0.0)
     unet = dict(width=z.width, mult=z.mult, res_blocks=z.res_blocks)
@@ -172,11 +180,15 @@ def _models(z: Sizes) -> Dict[str, ModelConfig]:
         "txt2img": ModelConfig("ldmcli-default-txt2img", "txt2img", _unet(4, context_dim=z.text_width, **cross),
                                fs, text, "crossattn", default_guidance=3.0, **dict(sched, default_steps=35)),
         "inpaint": ModelConfig("ldmcli-default-inpaint", "inpaint", _unet(9, context_dim=z.text_width, **cross),
-                               fs, text, "hybrid", default_guidance=3.0, **sched),
-        # 20 DDIM steps with η = 1 (the reference LDM super-resolution sampler's η): the best PSNR over bicubic on
-        # val among 10-200 steps and η 0 or 1 (docs/RESULTS.md, "Sampling defaults")
-        "superres": ModelConfig("ldmcli-default-superres", "superres", _unet(7, **concat), fs, "identity", "concat",
-                                default_guidance=1.0, **dict(sched, default_steps=20, default_eta=1.0)),
+                               photo, text, "hybrid", default_guidance=3.0, default_match_input=True, **sched),
+        # no attention: super-resolution is local, and a purely convolutional UNet runs on any image size in one
+        # pass, so there are no tiles and no tile seams. 2 DDIM steps with η = 0 and half the model's detail over
+        # the back-projected bicubic: the best PSNR over bicubic on dead-leaves val pictures among 1-20 steps, η 0 or
+        # 1, detail 0.3-1 (docs/RESULTS.md, "Photographs")
+        "superres": ModelConfig("ldmcli-default-superres", "superres", _unet(7, **dict(concat, attn=())), photo,
+                                "identity", "concat", default_guidance=1.0, default_match_input=True,
+                                default_detail=0.5,
+                                **dict(sched, default_steps=2, default_eta=0.0)),
         "layout2img": ModelConfig("ldmcli-default-layout2img", "layout2img",
                                   _unet(4, context_dim=z.layout_width, **cross), fs,
                                   _layout_encoder(z.layout_width, z.layout_layers), "crossattn",
@@ -189,10 +201,10 @@ def _models(z: Sizes) -> Dict[str, ModelConfig]:
 # ---- the two recipes ------------------------------------------------------------------------------------------
 CPU_SIZES = Sizes(image=32, ae_width=96, ae_res_blocks=0, width=64, mult=(1, 1), res_blocks=1,
                   cross_attention=(1, 2), self_attention=(2,), text_width=64, text_layers=2, layout_width=64,
-                  layout_layers=2)
+                  layout_layers=2, photo_ae_res_blocks=1)
 GPU_SIZES = Sizes(image=64, ae_width=96, ae_res_blocks=0, width=64, mult=(1, 1, 1), res_blocks=1,
                   cross_attention=(1, 2, 4), self_attention=(2, 4), text_width=128, text_layers=4,
-                  layout_width=96, layout_layers=2)
+                  layout_width=96, layout_layers=2, photo_ae_res_blocks=1)
 
 
 def _cpu() -> Recipe:
@@ -203,15 +215,20 @@ def _cpu() -> Recipe:
     models = _models(CPU_SIZES)
     return Recipe("cpu", image_size=CPU_SIZES.image, pool_size=2048, ldm_pool_size=8192, caption_variants=4,
                   autoencoder=models["txt2img"].first_stage, models=models,
+                  photo_autoencoder=models["superres"].first_stage, photo_leaves=6144,
                   stages={"autoencoder": StageSettings(steps=4000, batch_size=16, lr=1e-3, warmup=150, ckpt_every=400,
                                                        disc_weight=0.05, disc_start=2750, mse_weight=5.0),
                           # encoder frozen, so the LDMs' latents stay as they are; it sharpens what they decode
                           # (docs/RESULTS.md, "First stage")
                           "decoder": StageSettings(steps=3000, batch_size=32, lr=3e-4, warmup=100, ckpt_every=500,
                                                    mse_weight=5.0),
+                          # no discriminator: what superres and inpaint are judged on in photos is PSNR
+                          "photo-autoencoder": StageSettings(steps=3000, batch_size=16, lr=1e-3, warmup=150,
+                                                             ckpt_every=500, mse_weight=5.0),
                           "txt2img": replace(ldm, steps=18000),
-                          "inpaint": replace(ldm, steps=6000),
-                          "superres": replace(ldm, steps=16000),
+                          # a third more than the shapes-only steps: about two fifths of its pool is now dead leaves
+                          "inpaint": replace(ldm, steps=8000),
+                          "superres": replace(ldm, steps=12000),
                           "layout2img": replace(ldm, steps=6000),
                           "semantic2img": replace(ldm, steps=8000)})
 
@@ -222,10 +239,12 @@ def _gpu() -> Recipe:
                         log_every=100, ckpt_every=2000)
     models = _models(GPU_SIZES)
     return Recipe("gpu", image_size=GPU_SIZES.image, pool_size=100_000, autoencoder=models["txt2img"].first_stage,
-                  models=models,
+                  models=models, photo_autoencoder=models["superres"].first_stage, photo_leaves=100_000,
                   stages={"autoencoder": StageSettings(steps=30000, batch_size=64, lr=1e-3, warmup=500, log_every=100,
                                                        ckpt_every=2000, disc_weight=0.1, disc_start=15000,
                                                        mse_weight=5.0),
+                          "photo-autoencoder": StageSettings(steps=30000, batch_size=64, lr=1e-3, warmup=500,
+                                                             log_every=100, ckpt_every=2000, mse_weight=5.0),
                           **{t: ldm for t in LDM_TASKS}})
 
 
@@ -278,6 +297,6 @@ def with_overrides(settings: StageSettings, steps: Optional[int] = None, batch_s
     return out
 
 
-__all__ = ["LDM_TASKS", "TASKS", "RECIPES", "WORLD_LABELS", "WORLD_CLASSES", "LAYOUT_VOCAB", "LAYOUT_LENGTH",
+__all__ = ["LDM_TASKS", "TASKS", "PHOTO_TASKS", "RECIPES", "WORLD_LABELS", "WORLD_CLASSES", "LAYOUT_VOCAB", "LAYOUT_LENGTH",
            "StageSettings", "Sizes", "Recipe", "CPU_SIZES", "GPU_SIZES", "recipe", "takes_text", "model_config",
            "with_overrides"]

@@ -29,9 +29,10 @@ from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setu
                                train_loop)
 
 # what folder data can train: the first stage, and the tasks that need none of the world's annotations
-FOLDER_TASKS = ("autoencoder", "decoder") + tuple(t for t in R.LDM_TASKS if not set(TASK_FIELDS[t]) & set(WORLD_ONLY))
+FOLDER_TASKS = ("autoencoder", "decoder", "photo-autoencoder") + tuple(t for t in R.LDM_TASKS if not set(TASK_FIELDS[t]) & set(WORLD_ONLY))
 FOLDER_TEXT_LENGTH = 77
-FIRST_STAGE_FILES = {"autoencoder": AUTOENCODER_FILE, "decoder": DECODER_FILE}   # what each first-stage stage writes
+FIRST_STAGE_FILES = {"autoencoder": AUTOENCODER_FILE, "decoder": DECODER_FILE,   # what each first-stage stage writes
+                     "photo-autoencoder": "photo-autoencoder.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -77,14 +78,22 @@ def stages_for(task: str, data: str, rec: R.Recipe) -> List[str]:
     return [t for t in R.TASKS if t in rec.stages] if task == "all" else [task]
 
 
-def _first_stage(rec: R.Recipe) -> str:
-    """The stage whose output the LDM stages load and export: the decoder stage when the recipe has one."""
+def _first_stage(rec: R.Recipe, task: str = "") -> str:
+    """The stage whose output the LDM stage `task` loads and exports: the photo autoencoder for the photo tasks
+    (when the recipe has one), else the decoder stage when the recipe has one."""
+    if task in R.PHOTO_TASKS and rec.photo_autoencoder is not None and "photo-autoencoder" in rec.stages:
+        return "photo-autoencoder"
     return "decoder" if "decoder" in rec.stages else "autoencoder"
 
 
-def first_stage_file(out: Path, rec: R.Recipe) -> Path:
-    """The first-stage file the LDM stages load and export (`_first_stage`)."""
-    return out / FIRST_STAGE_FILES[_first_stage(rec)]
+def _photo(stage: str, rec: R.Recipe) -> bool:
+    """Whether the stage trains on the photo pool (dead leaves mixed with the world)."""
+    return _first_stage(rec, stage) == "photo-autoencoder" or stage == "photo-autoencoder"
+
+
+def first_stage_file(out: Path, rec: R.Recipe, task: str = "") -> Path:
+    """The first-stage file the LDM stage `task` loads and exports (`_first_stage`)."""
+    return out / FIRST_STAGE_FILES[_first_stage(rec, task)]
 
 
 def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -> Dict[str, Path]:
@@ -100,7 +109,7 @@ def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -
     written = {}
     try:
         for stage in stages:
-            if stage in ("autoencoder", "decoder"):
+            if stage in FIRST_STAGE_FILES:
                 written[stage] = _train_first_stage(stage, opts, rec, dist, out, console)
             else:
                 written[stage] = _train_ldm(stage, opts, rec, dist, out, console)
@@ -129,17 +138,21 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
     output with the encoder frozen, on the LDM stages' pool: the scenes they see, more than the autoencoder's)."""
     s, seed, state_path, state, log_path = _stage_setup(stage, opts, rec, out)
     pool_size = rec.pool_size
+    leaves = rec.photo_leaves if _photo(stage, rec) and opts.data == "world" else 0
     if stage == "decoder":
         cfg, sd = load_autoencoder(out / AUTOENCODER_FILE)
         if cfg != rec.autoencoder:
             raise UsageError(f"{out / AUTOENCODER_FILE} was trained with another recipe than --recipe {rec.name}")
         pool_size = rec.ldm_pool_size or rec.pool_size
-    console.log(f"{stage}: building the data pool ({pool_size} examples, {rec.image_size} px)")
+    console.log(f"{stage}: building the data pool ({pool_size} examples + {leaves} dead leaves, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, "autoencoder", dist.rank, dist.world,
-                     _workers(opts, dist))
+                     _workers(opts, dist), leaves=leaves)
     torch.manual_seed(seed)
-    ae, objectives = (build_decoder_stage(cfg, sd, s) if stage == "decoder" else
-                      build_autoencoder(rec.autoencoder, s))
+    if stage == "decoder":
+        ae, objectives = build_decoder_stage(cfg, sd, s)
+    else:
+        ae, objectives = build_autoencoder(rec.photo_autoencoder if stage == "photo-autoencoder" else rec.autoencoder,
+                                           s)
     for o in objectives:
         o.module.to(dist.device)
     with console.progress(s.steps, stage) as advance:
@@ -157,20 +170,22 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
 
 def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
     s, seed, state_path, state, log_path = _stage_setup(task, opts, rec, out)
-    for stage in dict.fromkeys(("autoencoder", _first_stage(rec))):    # the stage to train first, first
+    first = _first_stage(rec, task)
+    for stage in dict.fromkeys(("photo-autoencoder",) if first == "photo-autoencoder" else ("autoencoder", first)):
         if not (out / FIRST_STAGE_FILES[stage]).is_file():
             raise UsageError(f"no trained {stage} at {out / FIRST_STAGE_FILES[stage]}: train it first "
                              f"(ldm train --task {stage} --out {out})")
-    fs_path = first_stage_file(out, rec)
+    fs_path = first_stage_file(out, rec, task)
     fs_cfg, fs_sd = load_autoencoder(fs_path)
     text_length = rec.text_length if opts.data == "world" else FOLDER_TEXT_LENGTH
     cfg = R.model_config(rec, task, vocabulary(opts.data) if R.takes_text(rec.models[task]) else (), text_length)
     if fs_cfg != cfg.first_stage:
         raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
     pool_size = rec.ldm_pool_size or rec.pool_size
-    console.log(f"{task}: building the data pool ({pool_size} examples, {rec.image_size} px)")
+    leaves = rec.photo_leaves if _photo(task, rec) and opts.data == "world" else 0
+    console.log(f"{task}: building the data pool ({pool_size} examples + {leaves} dead leaves, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, task, dist.rank, dist.world,
-                     _workers(opts, dist), rec.caption_variants)
+                     _workers(opts, dist), rec.caption_variants, leaves)
     torch.manual_seed(seed)
     model = build_ldm(cfg, fs_sd).to(dist.device)
     uncond = _tokenize(model, pool)
