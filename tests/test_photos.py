@@ -133,12 +133,12 @@ def test_photos_are_real_and_bicubic_is_their_baseline():
     assert min(gains) > 0          # bicubic beats pixel repetition on every photo: a fair baseline
 
 
-# ---- the tasks with --match-input -------------------------------------------------------------------------------------
+# ---- the tasks with --match-input ---------------------------------------------------------------------------------
 def _sr_config(attention=(), match=True):
     from tiny import TINY_VAE
     from ldmcli.models import config as C
-    return C.ModelConfig(name="tiny-sr", task="superres", first_stage=TINY_VAE.__class__(**{
-        **TINY_VAE.__dict__, "ch_mult": (1, 2, 2)}),
+    from dataclasses import replace
+    return C.ModelConfig(name="tiny-sr", task="superres", first_stage=replace(TINY_VAE, ch_mult=(1, 2, 2)),
         unet=C.UNetConfig(in_channels=7, out_channels=4, model_channels=32, channel_mult=(1, 2),
                           attention_resolutions=attention, num_heads=-1, num_head_channels=16,
                           use_spatial_transformer=False),

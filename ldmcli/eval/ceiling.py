@@ -52,13 +52,24 @@ def first_stage_model(path, device: str = "cpu"):
     return load(str(path), device=device)[0]
 
 
+def reconstruct(model, images: list) -> list:
+    """The first stage's reconstructions (encode, decode: the posterior mode) of same-size RGB images, as PIL images.
+    Rounded, not images.tensor_to_pil's reference truncation: that loses a level on some pixels even when nothing
+    else does, and these rows are about the first stage alone."""
+    import torch
+    from PIL import Image
+    x = torch.stack([torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) for im in images])
+    with torch.inference_mode():
+        y = model.decode_first_stage(model.encode_first_stage((x / 127.5 - 1).to(model.device), sample=False))
+    y = ((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in y]
+
+
 def autoencoder_ceiling(model, n: int = DEFAULT_N, progress: Optional[Progress] = None,
                         chunk: int = 16, split: str = "eval") -> Dict[str, float]:
     """The read-back scores of the first stage's reconstructions of the exact renders of n scenes of `split` (mode
     of the posterior): PSNR, colour / shape / position accuracy, object-pixel accuracy of the class map. Adds
     n_images and seconds."""
-    import torch
-    from PIL import Image
     from ldmcli.world import metrics as M
     start = time.perf_counter()
     examples = eval_examples("semantic2img", n, model.cfg.image_size, split)
@@ -66,13 +77,8 @@ def autoencoder_ceiling(model, n: int = DEFAULT_N, progress: Optional[Progress] 
         progress(CEILING, 0, len(examples))
     exact, rebuilt = [ex["image"].convert("RGB") for ex in examples], []
     for i in range(0, len(exact), chunk):
-        # rounded, not images.tensor_to_pil's reference truncation: that loses a level on some pixels even when
-        # nothing else does, and this row is about the first stage alone
-        x = torch.stack([torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) for im in exact[i:i + chunk]])
-        with torch.inference_mode():
-            y = model.decode_first_stage(model.encode_first_stage((x / 127.5 - 1).to(model.device), sample=False))
-        y = ((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        rebuilt += [Image.fromarray(a) for a in y]
+        y = reconstruct(model, exact[i:i + chunk])
+        rebuilt += y
         if progress:
             for done in range(len(rebuilt) - len(y) + 1, len(rebuilt) + 1):
                 progress(CEILING, done, len(examples))
@@ -84,4 +90,4 @@ def autoencoder_ceiling(model, n: int = DEFAULT_N, progress: Optional[Progress] 
             "n_images": float(len(examples)), "seconds": time.perf_counter() - start}
 
 
-__all__ = ["CEILING", "Progress", "first_stage_model", "autoencoder_ceiling"]
+__all__ = ["CEILING", "Progress", "first_stage_model", "reconstruct", "autoencoder_ceiling"]

@@ -38,12 +38,8 @@ def photo(name: str, size: int) -> Image.Image:
         import skimage.data
     except ImportError:
         raise UsageError("the photo rows need scikit-image's sample photos: pip install scikit-image") from None
-    a = np.asarray(getattr(skimage.data, name)())
-    img = Image.fromarray(a).convert("RGB")
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    from ldmcli.io.images import centre_square
+    return centre_square(Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB"), size)
 
 
 def photos(size: int, names: Optional[Sequence[str]] = None) -> List[Tuple[str, Image.Image]]:
@@ -64,10 +60,10 @@ def _array(img) -> np.ndarray:
 
 
 def psnr(a, b, mask=None) -> float:
-    """PSNR in dB over 8-bit RGB (inside `mask` [H, W] only, when given)."""
-    d = (_array(a) - _array(b)) ** 2
-    mse = d[np.asarray(mask, bool)].mean() if mask is not None else d.mean()
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+    """world.metrics.psnr over 8-bit RGB (inside `mask` [H, W] only, when given), identical images counted as its
+    PSNR_CAP, as the other rows of `ldm eval` count them."""
+    from ldmcli.world import metrics as M
+    return min(M.psnr(_array(a), _array(b), mask), M.PSNR_CAP)
 
 
 def _differences(img) -> Tuple[np.ndarray, np.ndarray]:
@@ -131,15 +127,16 @@ def superres_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
     settings = settings or SamplerSettings()
     out = {}
     for lo, hi in SR_ROWS:
-        gains, ours, base, images, truths = [], [], [], [], []
+        gains, ours, base, images, truths, smooth = [], [], [], [], [], []
         bar = f"{PHOTO_ROWS} superres {lo}->{hi}"
         if progress:
             progress(bar, 0, len(PHOTOS))
         for i, (name, hr) in enumerate(photos(hi)):
             lr = shrink(hr)
             img = superres(model, lr, seeds=[seed + i], settings=settings)[0]
+            smooth.append(bicubic(lr))
             ours.append(psnr(img, hr))
-            base.append(psnr(bicubic(lr), hr))
+            base.append(psnr(smooth[-1], hr))
             gains.append(ours[-1] - base[-1])
             images.append(img)
             truths.append(hr)
@@ -151,7 +148,7 @@ def superres_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
         out |= {f"sr{hi}_gain_db": float(np.mean(gains)), f"sr{hi}_worst_gain_db": float(np.min(gains)),
                 f"sr{hi}_psnr": float(np.mean(ours)), f"sr{hi}_bicubic_psnr": float(np.mean(base)),
                 f"sr{hi}_seam_index": seam_index(images, truths, lines),
-                f"sr{hi}_bicubic_seam_index": seam_index([bicubic(shrink(t)) for t in truths], truths, lines)}
+                f"sr{hi}_bicubic_seam_index": seam_index(smooth, truths, lines)}
     return out
 
 
@@ -184,14 +181,8 @@ def inpaint_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
 
 def autoencoder_rows(model, size: int = 128) -> dict:
     """PSNR of the model's first stage (encode, decode: the posterior mode) on every photo at `size`."""
-    import torch
-    values = []
-    for name, img in photos(size):
-        x = torch.from_numpy(np.asarray(img, np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-        with torch.inference_mode():
-            y = model.decode_first_stage(model.encode_first_stage(x.to(model.device, model.dtype), sample=False))
-        y = ((y.float().clamp(-1, 1) + 1) * 127.5).round().byte()[0].permute(1, 2, 0).cpu().numpy()
-        values.append(psnr(y, img))
+    from ldmcli.eval.ceiling import reconstruct
+    values = [psnr(reconstruct(model, [img])[0], img) for _, img in photos(size)]
     return {"autoencoder_psnr": float(np.mean(values))}
 
 

@@ -153,6 +153,14 @@ def _to_rgb(img: Image.Image, where: str) -> Image.Image:
         raise InputError(f"{where}: cannot convert colour mode {img.mode} to RGB") from None
 
 
+def centre_square(img: Image.Image, size: int) -> Image.Image:
+    """Centre crop to a square, then resize to size × size (Pillow's bicubic filter antialiases when shrinking)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
 def load_image(path: PathLike) -> Image.Image:
     """An image file as an 8-bit RGB PIL image (alpha on black, 16-bit scaled, EXIF orientation applied)."""
     return _to_rgb(read_image(path, "image"), f"image {path}")

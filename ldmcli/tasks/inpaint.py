@@ -128,7 +128,8 @@ def build_condition(model, family: str, x: torch.Tensor, hole: torch.Tensor, pro
 
 
 def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mask_blur: Optional[float] = 0.0,
-            match_input: Optional[bool] = None, *, seeds: List[int], settings: SamplerSettings = SamplerSettings(), callback: Optional[Callable] = None):
+            match_input: Optional[bool] = None, *, seeds: List[int], settings: SamplerSettings = SamplerSettings(),
+            callback: Optional[Callable] = None):
     """Repaint where `mask` (float [H, W] in [0, 1], 1 = repaint) is set; one image of the input's size per seed.
     Returns a list of PIL images.
 

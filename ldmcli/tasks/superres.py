@@ -97,11 +97,11 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
     model's default): back-project each result onto the input; detail (None: the model's default; 0 to 1, with
     match_input only): the share of the model's detail over the back-projected bicubic (tasks/match_input.py).
     """
+    from ldmcli.io.images import pil_to_tensor
     from ldmcli.tasks.match_input import back_project, detail_share, wanted
     if detail is not None and not wanted(model, match_input):
         raise UsageError("--detail applies with --match-input only")
     share = detail_share(model, detail)
-    from ldmcli.io.images import pil_to_tensor
     family = superres_family(model.cfg)
     level = _check_options(model, family, scale, prompt, negative_prompt, noise_level)
     width, height = image.size

@@ -125,6 +125,28 @@ def _caption_variants(seeds: Sequence[int], k: int) -> List[str]:
             for v in range(1, k) for s in seeds]
 
 
+def _records(chunk_fn, items: list, size: int, fields: Tuple[str, ...], workers: int) -> List[dict]:
+    """chunk_fn over chunks of 256 items, in `workers` forked processes when there are two chunks or more; the
+    records in the items' order. Rendering is pure numpy/PIL, so forked workers never touch torch's thread pools;
+    "fork" (not spawn) also works when the caller's main module has no `if __name__ == "__main__"` guard."""
+    chunks = [(items[i:i + 256], size, fields) for i in range(0, len(items), 256)]
+    if workers <= 1 or len(chunks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [r for chunk in chunks for r in chunk_fn(chunk)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as executor:
+        return [r for chunk in executor.map(chunk_fn, chunks) for r in chunk]
+
+
+def _picture_record(img: Image.Image, caption: str, size: int, fields: Tuple[str, ...]) -> dict:
+    """A folder or dead-leaves example: the low-res image a bicubic ÷4 resize, no objects to mask (random boxes
+    only, see ldm_stage)."""
+    rec = {"image": _image_array(img), "caption": caption}
+    if "lowres" in fields:
+        rec["lowres"] = _image_array(img.resize((size // 4, size // 4), Image.Resampling.BICUBIC))
+    if "object_mask" in fields:
+        rec["object_mask"] = np.zeros((size, size), np.uint8)
+    return rec
+
+
 def world_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: int = 0, world: int = 1,
                workers: int = 1, caption_variants: int = 1) -> Pool:
     """This process's shard of the first n "train" scenes of the world stream with base seed `seed`; with
@@ -134,15 +156,7 @@ def world_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: i
         raise UsageError(f"image size must be a multiple of 4, got {size}")
     fields = tuple(fields)
     seeds = list(itertools.islice(scene_seeds("train", seed), n))[rank::world]
-    if workers <= 1 or len(seeds) < 256 or "fork" not in multiprocessing.get_all_start_methods():
-        pool = _stack(_world_chunk((seeds, size, fields)), fields)
-    else:
-        chunks = [(seeds[i:i + 256], size, fields) for i in range(0, len(seeds), 256)]
-        # rendering is pure numpy/PIL, so forked workers never touch torch's thread pools; "fork" (not spawn) also
-        # works when the caller's main module has no `if __name__ == "__main__"` guard. Results come back in order.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as executor:
-            records = [r for chunk in executor.map(_world_chunk, chunks) for r in chunk]
-        pool = _stack(records, fields)
+    pool = _stack(_records(_world_chunk, seeds, size, fields, workers), fields)
     if "caption" in fields and caption_variants > 1:
         pool.captions += _caption_variants(seeds, caption_variants)
     return pool
@@ -151,16 +165,7 @@ def world_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: i
 def _leaves_chunk(args) -> List[dict]:
     from ldmcli.world.deadleaves import dead_leaves
     seeds, size, fields = args
-    records = []
-    for s in seeds:
-        img = dead_leaves(s, size)
-        rec = {"image": _image_array(img), "caption": ""}
-        if "lowres" in fields:
-            rec["lowres"] = _image_array(img.resize((size // 4, size // 4), Image.Resampling.BICUBIC))
-        if "object_mask" in fields:
-            rec["object_mask"] = np.zeros((size, size), np.uint8)
-        records.append(rec)
-    return records
+    return [_picture_record(dead_leaves(s, size), "", size, fields) for s in seeds]
 
 
 def leaves_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: int = 0, world: int = 1,
@@ -168,13 +173,7 @@ def leaves_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: 
     """This process's shard of n dead-leaves examples of the stream with base seed `seed`."""
     fields = tuple(f for f in fields if f not in WORLD_ONLY)
     seeds = [mix_seed(seed, i, 0x1EAF) for i in range(n)][rank::world]
-    chunks = [(seeds[i:i + 256], size, fields) for i in range(0, len(seeds), 256)]
-    if workers <= 1 or len(chunks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        records = [r for chunk in chunks for r in _leaves_chunk(chunk)]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as executor:
-            records = [r for chunk in executor.map(_leaves_chunk, chunks) for r in chunk]
-    return _stack(records, fields)
+    return _stack(_records(_leaves_chunk, seeds, size, fields, workers), fields)
 
 
 def join_pools(a: Pool, b: Pool) -> Pool:
@@ -198,32 +197,19 @@ def folder_images(path) -> List[Path]:
     return files
 
 
-def _square(img: Image.Image, size: int) -> Image.Image:
-    """Centre crop to a square, then resize to size × size (Pillow's bicubic filter antialiases when shrinking)."""
-    w, h = img.size
-    side = min(w, h)
-    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    return img.crop(box).resize((size, size), Image.Resampling.BICUBIC)
-
-
 def folder_pool(path, size: int, fields: Sequence[str] = (), rank: int = 0, world: int = 1) -> Pool:
     """This process's shard of a folder of images with `<stem>.txt` captions."""
-    from ldmcli.io.images import load_image
+    from ldmcli.io.images import centre_square, load_image
     fields = tuple(fields)
     bad = [f for f in fields if f in WORLD_ONLY]
     if bad:
         raise UsageError(f"{', '.join(bad)} conditions exist only for the shapes world (--data world)")
     records = []
     for p in folder_images(path)[rank::world]:
-        img = _square(load_image(p), size)
+        img = centre_square(load_image(p), size)
         caption_file = p.with_suffix(".txt")
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
-        rec = {"image": _image_array(img), "caption": caption}
-        if "lowres" in fields:
-            rec["lowres"] = _image_array(img.resize((size // 4, size // 4), Image.Resampling.BICUBIC))
-        if "object_mask" in fields:      # no objects to mask in a folder: random boxes only (see ldm_stage)
-            rec["object_mask"] = np.zeros((size, size), np.uint8)
-        records.append(rec)
+        records.append(_picture_record(img, caption, size, fields))
     if not records:
         raise UsageError(f"--data {path}: fewer images than processes ({world})")
     return _stack(records, fields)
@@ -282,5 +268,6 @@ def vocabulary(data: str) -> Tuple[str, ...]:
 
 
 __all__ = ["Pool", "TASK_FIELDS", "mix_seed", "world_layout_tokens", "unconditional_layout", "world_pool",
-           "folder_pool", "folder_images", "leaves_pool", "join_pools", "world_vocabulary", "folder_vocabulary", "batch_indices", "data_pool",
+           "folder_pool", "folder_images", "leaves_pool", "join_pools", "world_vocabulary", "folder_vocabulary",
+           "batch_indices", "data_pool",
            "vocabulary"]

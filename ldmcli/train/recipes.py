@@ -297,6 +297,7 @@ def with_overrides(settings: StageSettings, steps: Optional[int] = None, batch_s
     return out
 
 
-__all__ = ["LDM_TASKS", "TASKS", "PHOTO_TASKS", "RECIPES", "WORLD_LABELS", "WORLD_CLASSES", "LAYOUT_VOCAB", "LAYOUT_LENGTH",
+__all__ = ["LDM_TASKS", "TASKS", "PHOTO_TASKS", "RECIPES", "WORLD_LABELS", "WORLD_CLASSES", "LAYOUT_VOCAB",
+           "LAYOUT_LENGTH",
            "StageSettings", "Sizes", "Recipe", "CPU_SIZES", "GPU_SIZES", "recipe", "takes_text", "model_config",
            "with_overrides"]

@@ -29,7 +29,8 @@ from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setu
                                train_loop)
 
 # what folder data can train: the first stage, and the tasks that need none of the world's annotations
-FOLDER_TASKS = ("autoencoder", "decoder", "photo-autoencoder") + tuple(t for t in R.LDM_TASKS if not set(TASK_FIELDS[t]) & set(WORLD_ONLY))
+FOLDER_TASKS = ("autoencoder", "decoder", "photo-autoencoder") + tuple(
+    t for t in R.LDM_TASKS if not set(TASK_FIELDS[t]) & set(WORLD_ONLY))
 FOLDER_TEXT_LENGTH = 77
 FIRST_STAGE_FILES = {"autoencoder": AUTOENCODER_FILE, "decoder": DECODER_FILE,   # what each first-stage stage writes
                      "photo-autoencoder": "photo-autoencoder.safetensors"}

@@ -123,9 +123,11 @@ def semantic2img_metrics(class_maps: Iterable[np.ndarray], images: Iterable) -> 
             "miou": _mean(inter[union > 0] / union[union > 0]), "n_pixels": float(total)}
 
 
-def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio in dB for 0-255 images; inf where they are identical."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+def psnr(a, b, mask=None) -> float:
+    """Peak signal-to-noise ratio in dB for 0-255 images (inside `mask` [H, W] only, when given); inf where they
+    are identical."""
+    d = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+    mse = float(np.mean(d[np.asarray(mask, bool)] if mask is not None else d))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
