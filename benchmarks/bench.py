@@ -183,6 +183,8 @@ def parse(argv):
     p.add_argument("--cpu", action="store_true", help="CPU mode (benchmarks/cpu.py): SD1.5 UNet CFG step and VAE "
                    "decode at 512², ldmcli vs diffusers (with --tiny: a tiny config)")
     p.add_argument("--dtypes", default="bfloat16,float32", help="--cpu: comma list of bfloat16, float32")
+    p.add_argument("--cpu-compile", action="store_true", help="--cpu: also time our modules under torch.compile "
+                   "with Inductor's freezing (minutes of compilation at SD size)")
     p.add_argument("--configs", default=",".join(FULL), help=f"comma list of {', '.join(FULL)}")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--steps", type=int, default=50)

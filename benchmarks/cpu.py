@@ -7,11 +7,18 @@ Both sides hold the same random weights (benchmarks/bench.py `build`) and run al
 the layout ldmcli picks for the dtype (`loading.prepare_for_cpu`: channels-last for bf16) and, as the column
 `_contiguous`, in the plain layout, so the table shows what the layout buys. Each record carries seconds per call
 (median), the ratio diffusers/ldmcli, GFLOP/s from torch's flop counter, and the max/mean abs difference of the two
-sides' outputs (UNet ε and decoded image), so speed never comes from skipping work. OpenVINO is timed only when
-installed (it is not a dependency); the record says so.
+sides' outputs (UNet ε and decoded image), so speed never comes from skipping work.
+
+OpenVINO (not a dependency) is timed when installed: our own modules, converted with `openvino.convert_model` from a
+float32 copy holding exactly the weights our side runs (for bf16, the bf16-rounded values) and compiled for the CPU
+at the same inference precision; the record gives its time, our time over its time, and how far its outputs are from
+ours. `--cpu-compile` adds our modules under torch.compile with Inductor's CPU freezing (weights folded and packed for
+oneDNN): the first call's seconds (the compilation) and the break-even, the number of calls after which the compile
+has paid for itself.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import statistics
@@ -67,7 +74,63 @@ def _layout(modules, channels_last: bool) -> None:
         m.to(memory_format=fmt)
 
 
-def bench_dtype(cfg: C.ModelConfig, dtype, repeats: int) -> dict:
+class _Decode(torch.nn.Module):
+    """The first stage's decode as a module's forward (what OpenVINO and torch.compile take)."""
+
+    def __init__(self, first_stage):
+        super().__init__()
+        self.first_stage = first_stage
+
+    def forward(self, z):
+        return self.first_stage.decode(z)
+
+
+def _openvino(module: torch.nn.Module, example: tuple, dtype):
+    """`module` compiled by OpenVINO for this CPU at `dtype`'s precision, from a float32 copy of its weights."""
+    import openvino as ov
+    with torch.inference_mode(False), torch.no_grad():     # its tracer cannot take inference tensors
+        exact = copy.deepcopy(module).float()
+        model = ov.convert_model(exact, example_input=tuple(e.float() if e.is_floating_point() else e
+                                                            for e in example))
+    hint = "bf16" if dtype == torch.bfloat16 else "f32"
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+    inputs = [e.float().numpy() if e.is_floating_point() else e.numpy() for e in example]
+    return lambda: torch.from_numpy(compiled(inputs)[0])
+
+
+def _compiled(module: torch.nn.Module, call):
+    """`call` on `module` under torch.compile with Inductor's freezing (inference only), the setting patched for
+    these calls alone (it would freeze the weights of every later compile in the process)."""
+    import torch._inductor.config as inductor
+    fast = torch.compile(module)
+
+    def run():
+        with inductor.patch(freezing=True):
+            return call(fast)
+    return run
+
+
+def _peers(rec: dict, part: str, ours, gflop: float, repeats: int, make) -> None:
+    """Time the engine `make()` builds (its build and first call timed apart) against `ours`; fill rec[part_*]."""
+    name, build = make
+    t0 = time.perf_counter()
+    fn = build()
+    out = fn()
+    rec[f"{part}_{name}_first_call_s"] = round(time.perf_counter() - t0, 1)
+    rec[f"{part}_{name}_diff_max_mean"] = _diff(out, ours())
+    s = _median_seconds(fn, repeats)
+    rec[f"{part}_{name}_s"] = round(s, 3)
+    rec[f"{part}_{name}_gflops"] = round(gflop / s, 1)
+    ours_s = _median_seconds(ours, repeats)          # ours timed again right after it, on the same warm cores
+    rec[f"{part}_{name}_ours_s"] = round(ours_s, 3)
+    rec[f"{part}_ours_over_{name}"] = round(ours_s / s, 3)
+    if name == "compiled":
+        gain = ours_s - s
+        rec[f"{part}_compiled_break_even_calls"] = round(rec[f"{part}_compiled_first_call_s"] / gain) if gain > 0 \
+            else None
+
+
+def bench_dtype(cfg: C.ModelConfig, dtype, repeats: int, compiled: bool = False) -> dict:
     """One record: UNet CFG step and VAE decode of both sides in `dtype`, in ldmcli's CPU layout and in plain."""
     from benchmarks.bench import build
     from ldmcli.loading import prepare_for_cpu
@@ -79,7 +142,7 @@ def bench_dtype(cfg: C.ModelConfig, dtype, repeats: int) -> dict:
     peer_vae = lambda: vae.decode(z / cfg.scale_factor).sample
     rec = {"mode": "cpu", "config": cfg.name, "dtype": str(dtype)[6:], "threads": torch.get_num_threads(),
            "latent": cfg.latent_size, "repeats": repeats,
-           "openvino": "installed (not timed)" if importlib.util.find_spec("openvino") else "not installed"}
+           "openvino": _openvino_version()}
     with torch.inference_mode():
         rec["unet_gflop"] = _flops(ours_unet) / 1e9
         rec["vae_gflop"] = _flops(ours_vae) / 1e9
@@ -95,14 +158,32 @@ def bench_dtype(cfg: C.ModelConfig, dtype, repeats: int) -> dict:
                 key = f"{part}_{layout}"
                 rec.update({f"{key}_ours_s": round(a, 3), f"{key}_diffusers_s": round(b, 3),
                             f"{key}_speedup": round(b / a, 3), f"{key}_ours_gflops": round(gflop / a, 1)})
+        unet_module, decode_module = model.model.diffusion_model, _Decode(model.first_stage_model)
+        for part, ours, module, example, call, gflop in (
+                ("unet", ours_unet, unet_module, (x, t, ctx), lambda m: m(x, t, context=ctx), rec["unet_gflop"]),
+                ("vae", lambda: decode_module(z), decode_module, (z,), lambda m: m(z), rec["vae_gflop"])):
+            engines = []
+            if rec["openvino"] != "not installed":
+                engines.append(("openvino", lambda: _openvino(module, example, dtype)))
+            if compiled:
+                engines.append(("compiled", lambda: _compiled(module, call)))
+            for make in engines:
+                _peers(rec, part, ours, gflop, repeats, make)
     return rec
+
+
+def _openvino_version() -> str:
+    if importlib.util.find_spec("openvino") is None:
+        return "not installed"
+    import openvino
+    return openvino.__version__
 
 
 def main_cpu(args) -> list:
     cfg = _TINY if args.tiny else presets.SD1
     out = []
     for name in args.dtypes.split(","):
-        rec = bench_dtype(cfg, getattr(torch, name), args.repeats)
+        rec = bench_dtype(cfg, getattr(torch, name), args.repeats, compiled=args.cpu_compile)
         print(json.dumps(rec), flush=True)
         out.append(rec)
     return out

@@ -2,6 +2,9 @@
 the figures the README table needs, and the final latents agree with diffusers. The default run checks that the
 benchmark still imports against ldmcli and parses its smoke options."""
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +30,36 @@ def test_bench_tiny_mode_runs_and_checks_correctness(capsys):
         assert r["speedup_vs_diffusers"] == pytest.approx(r["diffusers_s_per_image"] / r["ours_s_per_image"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == len(records)
+
+
+def _check_engine(rec: dict, part: str, name: str, tol: float) -> None:
+    assert rec[f"{part}_{name}_s"] > 0 and rec[f"{part}_{name}_first_call_s"] >= 0
+    # both times are rounded to the millisecond in the record; the ratio is taken before rounding
+    assert rec[f"{part}_ours_over_{name}"] == pytest.approx(rec[f"{part}_{name}_ours_s"] / rec[f"{part}_{name}_s"],
+                                                            rel=0.1, abs=0.01)
+    assert rec[f"{part}_{name}_diff_max_mean"][0] <= tol, rec   # the same work: outputs agree
+
+
+@pytest.mark.slow   # builds diffusers' twin and OpenVINO's conversion of the tiny SD1.5
+def test_cpu_mode_times_openvino_on_our_weights():
+    pytest.importorskip("openvino")
+    from benchmarks.cpu import _TINY, bench_dtype
+    import torch
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 0.1)):
+        rec = bench_dtype(_TINY, dtype, repeats=1)
+        assert rec["openvino"] not in ("not installed", "") and rec["unet_gflop"] > 0
+        for part in ("unet", "vae"):
+            _check_engine(rec, part, "openvino", tol)
+
+
+@pytest.mark.slow   # compiles the tiny UNet and decoder with Inductor
+def test_cpu_mode_times_the_frozen_compiled_path():
+    from benchmarks.cpu import _TINY, bench_dtype
+    import torch
+    rec = bench_dtype(_TINY, torch.float32, repeats=1, compiled=True)
+    for part in ("unet", "vae"):
+        _check_engine(rec, part, "compiled", 1e-3)
+        assert f"{part}_compiled_break_even_calls" in rec
+    # Inductor's precompiled headers ignore TORCHINDUCTOR_CACHE_DIR (see tests/test_compile.py): a cache by design
+    for headers in Path(tempfile.gettempdir()).glob("torchinductor_*"):
+        shutil.rmtree(headers)

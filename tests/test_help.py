@@ -17,5 +17,10 @@ def test_help_shows_the_embedded_models_actual_defaults(task):
     model, _ = load(None, task=task, device="cpu")
     cfg = model.cfg
     text = " ".join(CliRunner().invoke(app, [task, "--help"]).stdout.split())
-    assert f"the embedded {task} model, {cfg.default_steps} steps, guidance {cfg.default_guidance:g}" in text
+    n = cfg.default_steps_unprompted
+    unprompted = f" ({n} {cfg.default_schedule_unprompted or 'uniform'} step{'s' * (n > 1)} without a prompt)" \
+        if n else ""
+    steps = f"{cfg.default_steps} {cfg.default_schedule + ' ' if cfg.default_schedule else ''}" \
+            f"step{'s' * (cfg.default_steps != 1)}"
+    assert f"the embedded {task} model, {steps}{unprompted}, guidance {cfg.default_guidance:g}" in text
     assert f"{cfg.image_size}x{cfg.image_size} px" in text and "With --ckpt" in text

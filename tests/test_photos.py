@@ -211,3 +211,84 @@ def test_inpaint_match_input_removes_the_step_at_the_holes_border():
     assert np.array_equal(np.asarray(matched)[known], np.asarray(img)[known])   # outside: the original, exactly
     # random weights paint noise, whose own gradients stay; the step in colour goes
     assert P.seam_index(matched, img, lines) < 0.7 * P.seam_index(plain, img, lines)
+
+
+# ---- inpaint without a prompt: the model's unprompted steps and schedule -------------------------------------------
+def test_unprompted_settings_apply_only_where_the_user_chose_nothing():
+    from ldmcli.loading import presets
+    from ldmcli.sampling.settings import SamplerSettings as S
+    cfg = presets.SD1.with_(default_steps_unprompted=1, default_schedule_unprompted="trailing")
+    got = S().unprompted(cfg).resolved(cfg)
+    assert (got.steps, got.schedule) == (1, "trailing")
+    for user in (S(steps=7), S(schedule="karras"), S(sampler="DPM++ 2M Karras"), S(karras=True)):
+        assert user.unprompted(cfg) is user                          # the user's steps or schedule stand
+    assert S().unprompted(presets.SD1) == S()                        # a model without them: its default_steps
+    resolved = S().resolved(cfg)
+    assert resolved.unprompted(cfg) is resolved                      # settings already resolved are final
+
+
+def test_inpaint_without_a_prompt_samples_the_posterior_mean(monkeypatch):
+    from tiny import SD1_TINY, tiny_model
+    import ldmcli.tasks.inpaint as I
+    seen = []
+    real = I.sample_latents
+    monkeypatch.setattr(I, "sample_latents", lambda m, c, u, shape, seeds, settings, **k:
+                        seen.append(settings.resolved(m.cfg)) or real(m, c, u, shape, seeds, settings, **k))
+    model = tiny_model(SD1_TINY.with_(default_steps=3, default_steps_unprompted=1,
+                                      default_schedule_unprompted="trailing"), seed=2).eval()
+    img, hole = _smooth_picture(32, 4), np.zeros((32, 32), np.float32)
+    hole[8:24, 8:24] = 1
+    I.inpaint(model, img, hole, "", seeds=[0])
+    I.inpaint(model, img, hole, "a red circle", seeds=[0])
+    assert [(s.steps, s.schedule) for s in seen] == [(1, "trailing"), (3, None)]
+
+
+def test_the_embedded_inpaint_default_records_what_ran_with_and_without_a_prompt(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+    from ldmcli.cli.app import app
+    from ldmcli.io.png import read_metadata
+    from ldmcli.loading.registry import embedded_defaults
+    d = embedded_defaults("inpaint")
+    if d is None or not d["steps_unprompted"]:
+        pytest.skip("no embedded inpaint default with unprompted settings")
+    _smooth_picture(32, 4).save(tmp_path / "in.png")
+    hole = np.zeros((32, 32), np.uint8)
+    hole[8:24, 8:24] = 255
+    Image.fromarray(hole).save(tmp_path / "m.png")
+    base = ["inpaint", str(tmp_path / "in.png"), "--mask", str(tmp_path / "m.png")]
+    for i, (extra, steps) in enumerate((([], d["steps_unprompted"]), (["a red circle"], d["steps"]),
+                                        (["--steps", "4"], 4))):
+        out = tmp_path / f"out{i}.png"
+        r = CliRunner().invoke(app, base[:2] + extra + base[2:] + ["-o", str(out)])
+        assert r.exit_code == 0, r.output
+        assert read_metadata(out)["ldmcli"]["steps"] == steps
+
+
+def test_a_models_default_schedule_applies_where_the_user_names_none():
+    from ldmcli.loading import presets
+    from ldmcli.sampling.settings import SamplerSettings as S
+    cfg = presets.SD1.with_(default_schedule="trailing", default_steps=1)
+    assert (S().resolved(cfg).steps, S().resolved(cfg).schedule) == (1, "trailing")
+    assert S(steps=20).resolved(cfg).schedule == "trailing"             # the model's schedule, the user's steps
+    assert S(schedule="karras").resolved(cfg).schedule == "karras"
+    assert S(sampler="DPM++ 2M Karras").resolved(cfg).schedule == "karras"
+    assert S(karras=True).resolved(cfg).karras
+    assert S().resolved(presets.SD1).schedule is None                   # public families: the sampler's own
+
+
+def test_the_embedded_superres_default_records_its_schedule(tmp_path):
+    from typer.testing import CliRunner
+    from ldmcli.cli.app import app
+    from ldmcli.io.png import read_metadata
+    from ldmcli.loading.registry import embedded_defaults
+    d = embedded_defaults("superres")
+    if d is None or not d["schedule"]:
+        pytest.skip("no embedded superres default with a schedule of its own")
+    _smooth_picture(12, 3).save(tmp_path / "in.png")
+    for extra, want in (([], (d["steps"], d["schedule"])), (["--schedule", "karras", "--steps", "3"], (3, "karras"))):
+        out = tmp_path / f"out{len(extra)}.png"
+        r = CliRunner().invoke(app, ["superres", str(tmp_path / "in.png"), *extra, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        rec = read_metadata(out)["ldmcli"]
+        assert (rec["steps"], rec["schedule"]) == want

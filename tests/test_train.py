@@ -453,3 +453,16 @@ def test_photo_pool_joins_dead_leaves_after_the_world_keeping_caption_variants()
     assert pool.tensors["lowres"].shape == (10, 3, 4, 4) and not pool.tensors["object_mask"][6:].any()
     again = data_pool("world", 16, 6, 0, "superres", leaves=4)
     assert torch.equal(again.tensors["image"][6:], leaves.tensors["image"])   # the same seeds, the same pictures
+
+
+def test_a_photo_stage_may_have_its_own_number_of_dead_leaves():
+    from dataclasses import replace
+    from ldmcli.train.run import TrainOptions, _leaves
+    rec = tiny_recipe()
+    rec = replace(rec, stages={**rec.stages, "superres": replace(rec.stages["superres"], leaves=20)})
+    opts = TrainOptions(task="all", recipe="tiny", out="unused")
+    got = {t: _leaves(t, opts, rec) for t in ("photo-autoencoder", "superres", "inpaint", "txt2img", "autoencoder")}
+    assert got == {"photo-autoencoder": 8, "superres": 20, "inpaint": 8, "txt2img": 0, "autoencoder": 0}
+    assert _leaves("superres", replace(opts, data="some/folder"), rec) == 0      # folders bring their own pictures
+    cpu = R.recipe("cpu")
+    assert cpu.stages["superres"].leaves > cpu.photo_leaves and cpu.stages["inpaint"].leaves is None

@@ -145,13 +145,23 @@ def shared_options(*, exclude: Tuple[str, ...] = (), **defaults):
 __all__ = ["SHARED", "TEXT_OPTIONS", "shared_options", "Height", "Width", "NegPrompt", "Json"]
 
 
+def steps_phrase(steps: int, schedule: str = "") -> str:
+    """"35 steps", "1 trailing step": a step count and the schedule it runs on, when it is not the sampler's own."""
+    return f"{steps} {schedule + ' ' if schedule else ''}step{'s' if steps != 1 else ''}"
+
+
 def defaults_epilog(task: str) -> str:
     """The defaults a user gets, shown under a command's --help: the embedded model's own (read from its file
     header), and the public families' reference defaults that apply with --ckpt."""
     from ldmcli.loading.registry import embedded_defaults, family_defaults
     d = embedded_defaults(task)
-    own = (f"Without --ckpt: the embedded {task} model, {d['steps']} steps, guidance {d['guidance']:g}"
-           f"{', eta %g' % d['eta'] if d['eta'] else ''}, {d['size']}x{d['size']} px (trained on the shapes world "
-           f"at {d['size']} px; see the README's 'Embedded defaults'). " if d else "")
+    own = ""
+    if d:
+        n = d["steps_unprompted"]
+        unprompted = f" ({steps_phrase(n, d['schedule_unprompted'] or 'uniform')} without a prompt)" if n else ""
+        eta = f", eta {d['eta']:g}" if d["eta"] else ""
+        own = (f"Without --ckpt: the embedded {task} model, {steps_phrase(d['steps'], d['schedule'])}{unprompted}, "
+               f"guidance {d['guidance']:g}{eta}, {d['size']}x{d['size']} px (trained at {d['size']} px; see the "
+               f"README's 'Embedded defaults'). ")
     families = family_defaults(task)
     return own + (f"With --ckpt, the family's reference defaults: {families}." if families else "")

@@ -68,12 +68,17 @@ def _check_required(task: str, job) -> None:
             raise UsageError(f"{task} needs a {f} (as an argument, or a '{f}' field in each --from-file job)")
 
 
-def _settings(opts: dict, job):
+def _settings(opts: dict, job, cfg):
+    """The job's sampling settings resolved for `cfg`; a job without a prompt gets the model's unprompted defaults
+    for what it leaves unset (`SamplerSettings.unprompted`)."""
     from ldmcli.sampling.settings import SamplerSettings
-    return SamplerSettings(sampler=job.sampler or opts.get("sampler") or "ddim", steps=job.steps,
-                           guidance_scale=job.scale, eta=opts.get("eta"), karras=bool(opts.get("karras")),
-                           noise_device=opts.get("noise_device"),
-                           schedule=job.schedule or opts.get("schedule"))
+    settings = SamplerSettings(sampler=job.sampler or opts.get("sampler") or "ddim", steps=job.steps,
+                               guidance_scale=job.scale, eta=opts.get("eta"), karras=bool(opts.get("karras")),
+                               noise_device=opts.get("noise_device"),
+                               schedule=job.schedule or opts.get("schedule"))
+    if not job.prompt.strip():
+        settings = settings.unprompted(cfg)
+    return settings.resolved(cfg)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -242,7 +247,7 @@ def _run_job(task, model, loaded, work, opts, paths, console, warn=lambda: None)
     # the job's LoRAs merged (the previous job's restored first); `run` is the job with its <lora:...> tags cut out
     run, lora_fields = apply_job_loras(model, job, opts)
     loaded = apply_job_addons(model, loaded, job, opts)  # its clip skip, embeddings and VAE (the record's too)
-    settings = _settings(opts, job).resolved(model.cfg)
+    settings = _settings(opts, job, model.cfg)
     batch = max(1, int(opts.get("batch_size") or 1))
     for start in range(0, len(pending), batch):
         ks = pending[start:start + batch]

@@ -147,8 +147,13 @@ class ModelConfig:
     default_steps: int = 50
     default_guidance: float = 7.5       # classifier-free guidance scale; 1.0 means no unconditional pass
     default_eta: float = 0.0            # DDIM η: 0 deterministic, 1 ancestral (DDPM-like)
+    default_schedule: str = ""          # the timestep schedule when the user names none ("": the sampler's own)
     default_match_input: bool = False   # superres/inpaint: pixel-space agreement with the input (tasks/match_input)
     default_detail: float = 1.0         # superres with match_input: share of the model's detail (tasks/match_input)
+    # a job without a prompt (inpaint restoring a picture rather than painting something asked for): its own steps
+    # and schedule, when the user sets neither (SamplerSettings.unprompted); 0: default_steps for every job
+    default_steps_unprompted: int = 0
+    default_schedule_unprompted: str = ""
     version: str = ""                   # free-form provenance (embedded defaults record their training run)
     # class / layout label names of the condition (layout2img, semantic2img, class2img); empty: the public
     # label list shipped in ldmcli/data for the family (OpenImages for layout2img, COCO-Stuff for semantic2img)

@@ -4,7 +4,7 @@ No torch here: the CLI builds and checks settings before a model loads.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ldmcli.errors import UsageError
@@ -34,6 +34,7 @@ class SamplerSettings:
         if self.resolved_for is cfg:
             return self
         sampler, schedule = self._sampler_and_schedule()
+        schedule = schedule or cfg.default_schedule or None       # the model's own, where the user names none
         steps = cfg.default_steps if self.steps is None else self.steps
         if not 1 <= steps <= cfg.timesteps:
             raise UsageError(f"--steps must be between 1 and {cfg.timesteps}, got {steps}")
@@ -47,6 +48,16 @@ class SamplerSettings:
                                cfg.default_guidance if self.guidance_scale is None else self.guidance_scale,
                                eta, schedule == "karras", None if self.noise_device == "auto" else self.noise_device,
                                schedule=schedule, resolved_for=cfg)
+
+    def unprompted(self, cfg) -> "SamplerSettings":
+        """These settings for a job without a prompt: the model's steps and schedule for that case
+        (`cfg.default_steps_unprompted`, e.g. one step on the trailing schedule, the posterior mean, for the embedded
+        inpaint model) when it has them and the user chose neither steps nor a schedule; else unchanged."""
+        if self.resolved_for is not None or self.steps is not None or not cfg.default_steps_unprompted:
+            return self
+        if self._sampler_and_schedule()[1] is not None:
+            return self
+        return replace(self, steps=cfg.default_steps_unprompted, schedule=cfg.default_schedule_unprompted or None)
 
     def _sampler_and_schedule(self):
         """The canonical sampler and the explicit schedule: --schedule, --karras or the display name's, which must

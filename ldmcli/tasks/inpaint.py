@@ -136,10 +136,13 @@ def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mas
     The model always sees the mask thresholded at 0.5 (the reference scripts). The paste-back uses it thresholded
     too, so grey mask values do not blend (as the reference does), unless `mask_blur` > 0 says the mask was
     feathered on purpose (--mask-blur): then its soft values are the paste-back's alpha. match_input (None: the
-    model's default): shift the fill to meet the known pixels without a seam (tasks/match_input.py)."""
+    model's default): shift the fill to meet the known pixels without a seam (tasks/match_input.py). Without a
+    prompt, settings the caller left unset take the model's unprompted defaults (`SamplerSettings.unprompted`)."""
     from ldmcli.io.images import pil_to_tensor
     from ldmcli.tasks.match_input import seamless_fill, wanted
     family = inpaint_family(model.cfg)
+    if not prompt.strip():
+        settings = settings.unprompted(model.cfg)
     mask = check_mask(image, mask)
     if not mask_blur:
         mask = (mask >= 0.5).astype(np.float32)

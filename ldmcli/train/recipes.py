@@ -90,6 +90,7 @@ class StageSettings:
     mse_weight: float = 0.0
     disc_weight: float = 0.0
     disc_start: int = 0
+    leaves: Optional[int] = None   # photo stages: dead-leaves pictures in the pool (None: Recipe.photo_leaves)
 
 
 @dataclass(frozen=True)
@@ -179,16 +180,19 @@ def _models(z: Sizes) -> Dict[str, ModelConfig]:
         # single-object shape (docs/RESULTS.md, "Sampling defaults")
         "txt2img": ModelConfig("ldmcli-default-txt2img", "txt2img", _unet(4, context_dim=z.text_width, **cross),
                                fs, text, "crossattn", default_guidance=3.0, **dict(sched, default_steps=35)),
+        # without a prompt (restoring a picture): one step on the trailing schedule, the model's posterior mean, the
+        # best hole PSNR on dead-leaves val pictures among 1-3 steps and 50 (docs/RESULTS.md, "Photographs")
         "inpaint": ModelConfig("ldmcli-default-inpaint", "inpaint", _unet(9, context_dim=z.text_width, **cross),
-                               photo, text, "hybrid", default_guidance=3.0, default_match_input=True, **sched),
+                               photo, text, "hybrid", default_guidance=3.0, default_match_input=True,
+                               default_steps_unprompted=1, default_schedule_unprompted="trailing", **sched),
         # no attention: super-resolution is local, and a purely convolutional UNet runs on any image size in one
-        # pass, so there are no tiles and no tile seams. 2 DDIM steps with η = 0 and half the model's detail over
-        # the back-projected bicubic: the best PSNR over bicubic on dead-leaves val pictures among 1-20 steps, η 0 or
-        # 1, detail 0.3-1 (docs/RESULTS.md, "Photographs")
+        # pass, so there are no tiles and no tile seams. One DDIM step on the trailing schedule (from t = 999: the
+        # posterior mean) and half the model's detail over the back-projected bicubic: the best PSNR over bicubic on
+        # dead-leaves val pictures among 1-20 steps, η 0 or 1, detail 0.3-1 (docs/RESULTS.md, "Photographs")
         "superres": ModelConfig("ldmcli-default-superres", "superres", _unet(7, **dict(concat, attn=())), photo,
                                 "identity", "concat", default_guidance=1.0, default_match_input=True,
                                 default_detail=0.5,
-                                **dict(sched, default_steps=2, default_eta=0.0)),
+                                **dict(sched, default_steps=1, default_eta=0.0, default_schedule="trailing")),
         "layout2img": ModelConfig("ldmcli-default-layout2img", "layout2img",
                                   _unet(4, context_dim=z.layout_width, **cross), fs,
                                   _layout_encoder(z.layout_width, z.layout_layers), "crossattn",
@@ -228,7 +232,9 @@ def _cpu() -> Recipe:
                           "txt2img": replace(ldm, steps=18000),
                           # a third more than the shapes-only steps: about two fifths of its pool is now dead leaves
                           "inpaint": replace(ldm, steps=8000),
-                          "superres": replace(ldm, steps=12000),
+                          # a pool of 4x the dead leaves: 36000 steps over the shared pool overfit it (training
+                          # loss halved, val gain +1.23 -> +0.85 dB; docs/RESULTS.md, "Photographs")
+                          "superres": replace(ldm, steps=18000, leaves=24576),
                           "layout2img": replace(ldm, steps=6000),
                           "semantic2img": replace(ldm, steps=8000)})
 

@@ -92,6 +92,15 @@ def _photo(stage: str, rec: R.Recipe) -> bool:
     return _first_stage(rec, stage) == "photo-autoencoder" or stage == "photo-autoencoder"
 
 
+def _leaves(stage: str, opts: TrainOptions, rec: R.Recipe) -> int:
+    """Dead-leaves pictures in the stage's pool: the stage's own count, else the recipe's, for photo stages on the
+    world data; none otherwise."""
+    if not (_photo(stage, rec) and opts.data == "world"):
+        return 0
+    own = rec.stages[stage].leaves if stage in rec.stages else None
+    return rec.photo_leaves if own is None else own
+
+
 def first_stage_file(out: Path, rec: R.Recipe, task: str = "") -> Path:
     """The first-stage file the LDM stage `task` loads and exports (`_first_stage`)."""
     return out / FIRST_STAGE_FILES[_first_stage(rec, task)]
@@ -139,7 +148,7 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
     output with the encoder frozen, on the LDM stages' pool: the scenes they see, more than the autoencoder's)."""
     s, seed, state_path, state, log_path = _stage_setup(stage, opts, rec, out)
     pool_size = rec.pool_size
-    leaves = rec.photo_leaves if _photo(stage, rec) and opts.data == "world" else 0
+    leaves = _leaves(stage, opts, rec)
     if stage == "decoder":
         cfg, sd = load_autoencoder(out / AUTOENCODER_FILE)
         if cfg != rec.autoencoder:
@@ -183,7 +192,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     if fs_cfg != cfg.first_stage:
         raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
     pool_size = rec.ldm_pool_size or rec.pool_size
-    leaves = rec.photo_leaves if _photo(task, rec) and opts.data == "world" else 0
+    leaves = _leaves(task, opts, rec)
     console.log(f"{task}: building the data pool ({pool_size} examples + {leaves} dead leaves, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, task, dist.rank, dist.world,
                      _workers(opts, dist), rec.caption_variants, leaves)
