@@ -18,8 +18,8 @@ def test_help_shows_the_embedded_models_actual_defaults(task):
     cfg = model.cfg
     text = " ".join(CliRunner().invoke(app, [task, "--help"]).stdout.split())
     n = cfg.default_steps_unprompted
-    unprompted = f" ({n} {cfg.default_schedule_unprompted or 'uniform'} step{'s' * (n > 1)} without a prompt)" \
-        if n else ""
+    schedule = cfg.default_schedule_unprompted or cfg.default_schedule
+    unprompted = f" ({n} {schedule + ' ' if schedule else ''}step{'s' * (n > 1)} without a prompt)" if n else ""
     steps = f"{cfg.default_steps} {cfg.default_schedule + ' ' if cfg.default_schedule else ''}" \
             f"step{'s' * (cfg.default_steps != 1)}"
     assert f"the embedded {task} model, {steps}{unprompted}, guidance {cfg.default_guidance:g}" in text

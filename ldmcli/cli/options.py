@@ -158,7 +158,8 @@ def defaults_epilog(task: str) -> str:
     own = ""
     if d:
         n = d["steps_unprompted"]
-        unprompted = f" ({steps_phrase(n, d['schedule_unprompted'] or 'uniform')} without a prompt)" if n else ""
+        # unprompted steps without a schedule of their own run on the model's (SamplerSettings.resolved)
+        unprompted = f" ({steps_phrase(n, d['schedule_unprompted'] or d['schedule'])} without a prompt)" if n else ""
         eta = f", eta {d['eta']:g}" if d["eta"] else ""
         own = (f"Without --ckpt: the embedded {task} model, {steps_phrase(d['steps'], d['schedule'])}{unprompted}, "
                f"guidance {d['guidance']:g}{eta}, {d['size']}x{d['size']} px (trained at {d['size']} px; see the "

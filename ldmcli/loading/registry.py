@@ -78,8 +78,9 @@ def embedded_defaults(task: str) -> Optional[dict]:
             (n,) = struct.unpack("<Q", f.read(8))
             cfg = json.loads(json.loads(f.read(n))["__metadata__"]["ldmcli_config"])
         factor = 2 ** (len(cfg["first_stage"]["ch_mult"]) - 1)
-        return {"steps": cfg["default_steps"], "schedule": cfg.get("default_schedule", ""), "guidance": cfg["default_guidance"], "eta": cfg["default_eta"],
-                "size": cfg["latent_size"] * factor, "steps_unprompted": cfg.get("default_steps_unprompted", 0),
+        return {"steps": cfg["default_steps"], "schedule": cfg.get("default_schedule", ""),
+                "guidance": cfg["default_guidance"], "eta": cfg["default_eta"], "size": cfg["latent_size"] * factor,
+                "steps_unprompted": cfg.get("default_steps_unprompted", 0),
                 "schedule_unprompted": cfg.get("default_schedule_unprompted", "")}
     except (UsageError, OSError, ValueError, KeyError, TypeError, struct.error):
         return None
