@@ -133,6 +133,23 @@ def test_photos_are_real_and_bicubic_is_their_baseline():
     assert min(gains) > 0          # bicubic beats pixel repetition on every photo: a fair baseline
 
 
+@pytest.mark.skipif(not P.available(), reason="needs scikit-image's sample photos")
+def test_val_pictures_are_other_pictures_than_the_eval_photos_and_never_enlarged():
+    from ldmcli.errors import UsageError
+    val = P.photos(128, split="val")
+    assert [n for n, _ in val] == list(P.VAL) and not set(P.VAL) & set(P.PHOTOS)
+    assert [n for n, _ in P.photos(256, split="val")] == [n for n in P.VAL if n not in ("page", "text")]
+    pixels = [np.asarray(img, np.float64) for _, img in val + P.photos(128)]
+    for i, a in enumerate(pixels):      # no picture twice (scikit-image's cat is chelsea, say), even as a crop
+        for b in pixels[i + 1:]:
+            assert np.abs(a - b).mean() > 10
+    for name, img in val:
+        assert img.size == (128, 128) and img.mode == "RGB", name
+    assert np.asarray(dict(val)["logo"]).max() == 255          # the logo's transparency is white, not black
+    with pytest.raises(UsageError, match="--split"):
+        P.photos(128, split="train")
+
+
 # ---- the tasks with --match-input ---------------------------------------------------------------------------------
 def _sr_config(attention=(), match=True):
     from tiny import TINY_VAE

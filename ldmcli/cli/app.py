@@ -97,13 +97,18 @@ def superres(image: Annotated[Optional[str], typer.Argument(help="Low-resolution
                                                              "the share of the model's detail over the "
                                                              "back-projected bicubic upscale (1 = all of it; "
                                                              "default: the model's).")] = None,
+             ensemble: Annotated[Optional[int], typer.Option("--ensemble", min=1, max=8, help="Average this many "
+                                                             "views of the input (flips and rotations, each with "
+                                                             "its own noise): better PSNR for one pass per view; 1 = "
+                                                             "one upscale (default: the model's).")] = None,
              negative_prompt: NegPrompt = "", opts: dict = None):
     """Upscale an image 4x (overlapping latent tiles for large inputs). --guidance sets CFG here, since --scale is
     the upscaling factor."""
     opts = dict(opts, scale=guidance)
     _run("superres", {"image": image, "prompt": prompt or "", "negative_prompt": negative_prompt,
                       "upscale": upscale, "noise_level": noise_level, "tile_size": tile_size,
-                      "tile_overlap": tile_overlap, "match_input": match_input, "detail": detail}, opts)
+                      "tile_overlap": tile_overlap, "match_input": match_input, "detail": detail,
+                      "ensemble": ensemble}, opts)
 
 
 @app.command(epilog=defaults_epilog("layout2img"))
@@ -212,9 +217,12 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
           ckpt: Annotated[Optional[List[str]], typer.Option("--ckpt", help="TASK=PATH (repeatable): evaluate this "
                                                             "checkpoint instead of the embedded default.")] = None,
           steps: Steps = None, scale: Scale = None, eta: Eta = None, seed: Seed = 0, device: Device = "auto",
-          split: Annotated[str, typer.Option("--split", help="eval (the held-out split the targets are for) or "
-                                             "val (train-split scenes no training run draws: tune --steps, "
-                                             "--scale, --eta there).")] = "eval",
+          detail: Annotated[Optional[float], typer.Option("--detail", min=0, max=1, help="superres's share of "
+                                                          "the model's detail (default: the model's).")] = None,
+          split: Annotated[str, typer.Option("--split", help="eval (the held-out split and photos the targets are "
+                                             "for) or val (train-split scenes no training run draws, and other "
+                                             "pictures than the eval photos: tune --steps, --scale, --eta, "
+                                             "--detail there).")] = "eval",
           json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of the "
                                              "table.")] = False,
           save: Annotated[Optional[str], typer.Option("--save", help="Write the generated images (and each "
@@ -244,10 +252,11 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
                 state["advance"]()
         start = time.perf_counter()
         with bars:
-            results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples, split, scale, eta)
+            results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples, split, scale, eta,
+                                 detail)
         if json:
             typer.echo(json_lib.dumps(E.json_report(results, ckpts=paths, n=n, samples=samples, seed=seed,
-                                                    steps=steps, scale=scale, eta=eta, split=split,
+                                                    steps=steps, scale=scale, eta=eta, detail=detail, split=split,
                                                     seconds=round(time.perf_counter() - start, 2))))
         else:
             typer.echo(E.format_table(results))

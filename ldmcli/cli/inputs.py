@@ -18,7 +18,7 @@ OPTIONS = {"mask_blur": (float, 0.0), "invert_mask": (bool, False), "upscale": (
            "palette": (str, None), "boxes": (list, None),
            "no_prompt_syntax": (bool, False),
            "strength": (float, 0.75), "match_input": (bool, None),
-           "detail": (float, None)}
+           "detail": (float, None), "ensemble": (int, None)}
 OPTIONS["class"] = ((int, str), None)   # `ldm sample --class`: an id or a name (JSONL may give either)
 OPTIONS["lora"] = (list, None)          # --lora / a job's "lora": ["FILE:WEIGHT", ...] (loading/lora.py)
 # a job's own add-ons, over the run's --clip-skip/--embedding/--embedding-dir/--vae (cli/addons.py); "vae": ""
@@ -108,6 +108,7 @@ READERS: Dict[str, Callable] = {
     "mask_blur": lambda job, model, got: job_option(job, "mask_blur"),
     "match_input": lambda job, model, got: job_option(job, "match_input"),
     "detail": lambda job, model, got: job_option(job, "detail"),
+    "ensemble": lambda job, model, got: job_option(job, "ensemble"),
     "label": lambda job, model, got: job_option(job, "class"),
 }
 

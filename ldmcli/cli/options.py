@@ -150,6 +150,9 @@ def steps_phrase(steps: int, schedule: str = "") -> str:
     return f"{steps} {schedule + ' ' if schedule else ''}step{'s' if steps != 1 else ''}"
 
 
+ENSEMBLE_SIDE = 512      # √tasks.superres.ENSEMBLE_PIXELS (not imported: that module loads torch)
+
+
 def defaults_epilog(task: str) -> str:
     """The defaults a user gets, shown under a command's --help: the embedded model's own (read from its file
     header), and the public families' reference defaults that apply with --ckpt."""
@@ -161,8 +164,11 @@ def defaults_epilog(task: str) -> str:
         # unprompted steps without a schedule of their own run on the model's (SamplerSettings.resolved)
         unprompted = f" ({steps_phrase(n, d['schedule_unprompted'] or d['schedule'])} without a prompt)" if n else ""
         eta = f", eta {d['eta']:g}" if d["eta"] else ""
+        views = (f", the mean of {d['ensemble']} views (fewer above {ENSEMBLE_SIDE}x{ENSEMBLE_SIDE} px of output)"
+                 if d["ensemble"] > 1 else "")
+        detail = f", detail {d['detail']:g}" if task == "superres" and d["detail"] not in (None, 1) else ""
         own = (f"Without --ckpt: the embedded {task} model, {steps_phrase(d['steps'], d['schedule'])}{unprompted}, "
-               f"guidance {d['guidance']:g}{eta}, {d['size']}x{d['size']} px (trained at {d['size']} px; see the "
-               f"README's 'Embedded defaults'). ")
+               f"guidance {d['guidance']:g}{eta}{views}{detail}, {d['size']}x{d['size']} px (trained at {d['size']} "
+               f"px; see the README's 'Embedded defaults'). ")
     families = family_defaults(task)
     return own + (f"With --ckpt, the family's reference defaults: {families}." if families else "")

@@ -29,6 +29,7 @@ from ldmcli.errors import CheckpointError, LdmError, UsageError
 from ldmcli.sampling.memory import MAX_SIDE
 
 MAX_N_SAMPLES = 10_000      # images per job: 10^9 is a typo, not a plan
+MAX_ENSEMBLE = 8            # superres views: len(tasks.superres.VIEWS), the symmetries of a square
 MAX_BATCH_SIZE = 1_000      # images per forward pass
 MAX_NOISE_LEVEL = 999       # the upscaler's noise-augmentation schedule has 1000 levels (its model caps it lower)
 MAX_MASK_BLUR = 1024        # px of Gaussian feather; more blurs any mask to a uniform grey
@@ -133,6 +134,8 @@ def _check_numbers(task: str, fields: dict, extra: dict) -> None:
     _whole("scale" if task == "superres" else "upscale", extra.get("upscale"), 1)
     _whole("tile-size", extra.get("tile_size"), 1, MAX_SIDE)
     _whole("tile-overlap", extra.get("tile_overlap"), 0)
+    _finite("detail", extra.get("detail"), 0, 1)
+    _whole("ensemble", extra.get("ensemble"), 1, MAX_ENSEMBLE)
     _whole("clip-skip", extra.get("clip_skip"), 1)     # its upper bound is the text encoder's depth
     size, overlap = extra.get("tile_size"), extra.get("tile_overlap")
     if size is not None and overlap is not None and overlap >= size:

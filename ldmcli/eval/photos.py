@@ -23,6 +23,10 @@ from ldmcli.errors import UsageError
 COLOUR = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket")
 GREY = ("camera", "brick", "grass", "gravel", "coins", "moon", "clock")
 PHOTOS = COLOUR + GREY
+# pictures for choosing a default (`ldm eval --split val`), never among the photos above: the other photographs and
+# graphics scikit-image ships; the two motorcycle views are cropped at opposite ends (different parts of the scene)
+VAL = ("motorcycle_left", "motorcycle_right", "cell", "logo", "horse", "page", "text")
+SPLITS = ("eval", "val")
 SR_ROWS = ((32, 128), (64, 256))        # (low-res, high-res) side of the super-resolution rows
 
 
@@ -42,8 +46,35 @@ def photo(name: str, size: int) -> Image.Image:
     return centre_square(Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB"), size)
 
 
-def photos(size: int, names: Optional[Sequence[str]] = None) -> List[Tuple[str, Image.Image]]:
-    return [(n, photo(n, size)) for n in (PHOTOS if names is None else names)]
+def _val_source(name: str) -> Image.Image:
+    """The full val picture `name` (VAL), RGB; the motorcycle views as their leftmost / rightmost square."""
+    import skimage.data
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        img = Image.fromarray(left if name.endswith("left") else right)
+        side = min(img.size)
+        return img.crop((0, 0, side, side) if name.endswith("left") else (img.width - side, 0, img.width, side))
+    a = np.asarray(getattr(skimage.data, name)())
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    if a.ndim == 3 and a.shape[-1] == 4:                      # the logo: its transparent pixels on white
+        alpha = a[..., 3:].astype(np.float32) / 255
+        a = np.rint(a[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    return Image.fromarray(a).convert("RGB")
+
+
+def photos(size: int, names: Optional[Sequence[str]] = None, split: str = "eval") -> List[Tuple[str, Image.Image]]:
+    """(name, size × size picture) for `names` (default: the split's: PHOTOS, or VAL where a picture's shorter side
+    reaches `size`: a val picture is never enlarged)."""
+    if split not in SPLITS:
+        raise UsageError(f"--split must be eval or val, got {split!r}")
+    if split == "eval":
+        return [(n, photo(n, size)) for n in (PHOTOS if names is None else names)]
+    if not available():
+        raise UsageError("the photo rows need scikit-image's sample photos: pip install scikit-image")
+    from ldmcli.io.images import centre_square
+    sources = ((n, _val_source(n)) for n in (VAL if names is None else names))
+    return [(n, centre_square(img, size)) for n, img in sources if min(img.size) >= size]
 
 
 def shrink(img: Image.Image, factor: int = 4) -> Image.Image:
@@ -119,9 +150,11 @@ def photo_hole(index: int, size: int) -> np.ndarray:
     return m
 
 
-def superres_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
-    """PSNR of the model's ×4 and of bicubic on every photo at each SR_ROWS size; the gain's mean and worst case, and
-    the seam index on the tile borders of the model's default tiling (1 where it runs in one pass)."""
+def superres_rows(model, seed: int = 0, settings=None, progress=None, split: str = "eval",
+                  detail: Optional[float] = None) -> dict:
+    """PSNR of the model's ×4 and of bicubic on every photo of `split` at each SR_ROWS size; the gain's mean and
+    worst case, and the seam index on the tile borders of the model's default tiling (1 where it runs in one pass).
+    detail: superres's detail share (None: the model's default)."""
     from ldmcli.sampling.settings import SamplerSettings
     from ldmcli.tasks.superres import superres
     settings = settings or SamplerSettings()
@@ -129,11 +162,12 @@ def superres_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
     for lo, hi in SR_ROWS:
         gains, ours, base, images, truths, smooth = [], [], [], [], [], []
         bar = f"{PHOTO_ROWS} superres {lo}->{hi}"
+        pictures = photos(hi, split=split)
         if progress:
-            progress(bar, 0, len(PHOTOS))
-        for i, (name, hr) in enumerate(photos(hi)):
+            progress(bar, 0, len(pictures))
+        for i, (name, hr) in enumerate(pictures):
             lr = shrink(hr)
-            img = superres(model, lr, seeds=[seed + i], settings=settings)[0]
+            img = superres(model, lr, seeds=[seed + i], settings=settings, detail=detail)[0]
             smooth.append(bicubic(lr))
             ours.append(psnr(img, hr))
             base.append(psnr(smooth[-1], hr))
@@ -141,7 +175,7 @@ def superres_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
             images.append(img)
             truths.append(hr)
             if progress:
-                progress(bar, i + 1, len(PHOTOS))
+                progress(bar, i + 1, len(pictures))
         # the borders of the model's native tiles (with the default quarter overlap), whether or not it tiles
         tile = 4 * model.cfg.latent_size
         lines = [grid_lines((hi, hi), tile - tile // 4)] * len(images)
@@ -152,16 +186,17 @@ def superres_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
     return out
 
 
-def inpaint_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
+def inpaint_rows(model, seed: int = 0, settings=None, progress=None, split: str = "eval") -> dict:
     """Hole PSNR of the model (prompt "") and of a mean-colour fill (the known pixels' mean), and the seam index
-    on the hole's border, over every photo at INPAINT_SIZE."""
+    on the hole's border, over every photo of `split` at INPAINT_SIZE."""
     from ldmcli.sampling.settings import SamplerSettings
     from ldmcli.tasks.inpaint import inpaint
     settings = settings or SamplerSettings()
     hole_psnr, mean_psnr, outs, truths, lines = [], [], [], [], []
+    pictures = photos(INPAINT_SIZE, split=split)
     if progress:
-        progress(f"{PHOTO_ROWS} inpaint", 0, len(PHOTOS))
-    for i, (name, img) in enumerate(photos(INPAINT_SIZE)):
+        progress(f"{PHOTO_ROWS} inpaint", 0, len(pictures))
+    for i, (name, img) in enumerate(pictures):
         hole = photo_hole(i, INPAINT_SIZE)
         out = inpaint(model, img, hole, seeds=[seed + i], settings=settings)[0]
         a = np.asarray(img, np.float64)
@@ -173,19 +208,20 @@ def inpaint_rows(model, seed: int = 0, settings=None, progress=None) -> dict:
         truths.append(img)
         lines.append(border_lines(hole > 0.5))
         if progress:
-            progress(f"{PHOTO_ROWS} inpaint", i + 1, len(PHOTOS))
+            progress(f"{PHOTO_ROWS} inpaint", i + 1, len(pictures))
     return {"inpaint_hole_psnr": float(np.mean(hole_psnr)), "inpaint_mean_fill_psnr": float(np.mean(mean_psnr)),
             "inpaint_seam_index": seam_index(outs, truths, lines),
             "inpaint_worst_seam_index": max(seam_index(*a) for a in zip(outs, truths, lines))}
 
 
-def autoencoder_rows(model, size: int = 128) -> dict:
-    """PSNR of the model's first stage (encode, decode: the posterior mode) on every photo at `size`."""
+def autoencoder_rows(model, size: int = 128, split: str = "eval") -> dict:
+    """PSNR of the model's first stage (encode, decode: the posterior mode) on every photo of `split` at `size`."""
     from ldmcli.eval.ceiling import reconstruct
-    values = [psnr(reconstruct(model, [img])[0], img) for _, img in photos(size)]
+    values = [psnr(reconstruct(model, [img])[0], img) for _, img in photos(size, split=split)]
     return {"autoencoder_psnr": float(np.mean(values))}
 
 
-__all__ = ["PHOTOS", "COLOUR", "GREY", "SR_ROWS", "PHOTO_ROWS", "available", "photo", "photos", "shrink", "bicubic",
+__all__ = ["PHOTOS", "VAL", "COLOUR", "GREY", "SR_ROWS", "PHOTO_ROWS", "available", "photo", "photos", "shrink",
+           "bicubic",
            "psnr", "seam_index", "grid_lines", "border_lines", "photo_hole", "superres_rows", "inpaint_rows",
            "autoencoder_rows"]

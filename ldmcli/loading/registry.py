@@ -69,7 +69,7 @@ def list_entries() -> List[dict]:
 
 def embedded_defaults(task: str) -> Optional[dict]:
     """The sampling defaults of the embedded model for `task` ({"steps", "schedule", "guidance", "eta", "size",
-    "steps_unprompted", "schedule_unprompted"}), read from its safetensors header with plain JSON (no torch: `--help`
+    "steps_unprompted", "schedule_unprompted", "ensemble", "detail" (None without match_input)}), read from its safetensors header with plain JSON (no torch: `--help`
     shows them); None when there is no embedded model."""
     import struct
     try:
@@ -81,7 +81,9 @@ def embedded_defaults(task: str) -> Optional[dict]:
         return {"steps": cfg["default_steps"], "schedule": cfg.get("default_schedule", ""),
                 "guidance": cfg["default_guidance"], "eta": cfg["default_eta"], "size": cfg["latent_size"] * factor,
                 "steps_unprompted": cfg.get("default_steps_unprompted", 0),
-                "schedule_unprompted": cfg.get("default_schedule_unprompted", "")}
+                "schedule_unprompted": cfg.get("default_schedule_unprompted", ""),
+                "ensemble": cfg.get("default_ensemble", 1),
+                "detail": cfg.get("default_detail", 1.0) if cfg.get("default_match_input") else None}
     except (UsageError, OSError, ValueError, KeyError, TypeError, struct.error):
         return None
 

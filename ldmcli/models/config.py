@@ -150,6 +150,7 @@ class ModelConfig:
     default_schedule: str = ""          # the timestep schedule when the user names none ("": the sampler's own)
     default_match_input: bool = False   # superres/inpaint: pixel-space agreement with the input (tasks/match_input)
     default_detail: float = 1.0         # superres with match_input: share of the model's detail (tasks/match_input)
+    default_ensemble: int = 1           # superres: views averaged (flips and rotations of the input; tasks/superres)
     # a job without a prompt (inpaint restoring a picture rather than painting something asked for): its own steps
     # and schedule, when the user sets neither (SamplerSettings.unprompted); 0: default_steps for every job
     default_steps_unprompted: int = 0

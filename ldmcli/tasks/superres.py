@@ -7,13 +7,20 @@ Two families, which differ only in the condition they build:
   concatenated to the 4-channel latent; `y` = the noise level; OpenCLIP text with classifier-free guidance.
 Latents larger than one tile are sampled by overlapping tiles (sampling/tiling.py) and decoded by tiles, except
 with a purely convolutional UNet (no attention, as the embedded default), which runs in one pass while it fits.
+
+`ensemble` > 1 averages views: the input flipped and rotated (the eight symmetries of a square), each upscaled with
+its own noise and turned back (the geometric self-ensemble of Lim et al. 2017, EDSR+). A super-resolution model's
+output is an estimate of the picture given its low-res input; the views' errors differ in orientation and noise,
+so their mean is a better estimate in PSNR (docs/RESULTS.md, "Photographs"), at the cost of one pass per view.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable, List, Optional
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ldmcli.errors import UsageError
 from ldmcli.sampling.schedules import alphas_cumprod_from
@@ -26,6 +33,16 @@ from ldmcli.prompts import encode as encode_prompts
 
 DEFAULT_NOISE_LEVEL = 20   # the x4 demos' default (gradio, streamlit); the README suggests ~100 for synthetic input
 _AUG_STREAM = 0xA06        # the noise-augmentation ε of sample k comes from seeds[k] + this (noise.side_generator)
+# the ensemble's views, in the order they are added: the first four keep the picture's width and height
+_T = Image.Transpose
+VIEWS = (None, _T.FLIP_LEFT_RIGHT, _T.FLIP_TOP_BOTTOM, _T.ROTATE_180, _T.TRANSPOSE, _T.TRANSVERSE, _T.ROTATE_90,
+         _T.ROTATE_270)
+_UNDO = {_T.ROTATE_90: _T.ROTATE_270, _T.ROTATE_270: _T.ROTATE_90}   # every other view undoes itself
+_VIEW_STREAM = 0x9E3779B97F4A7C15   # view k of seed s samples with seed s + k·this: far from the batch's s + 1, ...
+# a model's default ensemble is spent in full up to this many output pixels, and in proportion above: the cost of a
+# view grows with the pixels (faster than linearly: the first stage's mid-block attention is global), so a large
+# picture keeps about the time 8 views take at 512 x 512; the user's --ensemble is always taken as given
+ENSEMBLE_PIXELS = 512 * 512
 
 
 def superres_family(cfg) -> str:
@@ -82,10 +99,38 @@ def _check_options(model, family: str, scale: int, prompt: str, negative_prompt:
     return level
 
 
+def ensemble_size(model, ensemble, pixels: int = 0) -> int:
+    """The number of views to average: the option when given (1 to 8), else the model's default for an output of
+    `pixels` pixels (in full up to ENSEMBLE_PIXELS, in proportion above, at least 1)."""
+    value = model.cfg.default_ensemble if ensemble is None else ensemble
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(VIEWS):
+        raise UsageError(f"ensemble must be a whole number of views from 1 to {len(VIEWS)}, got {value!r}")
+    if ensemble is None and pixels > ENSEMBLE_PIXELS:
+        value = max(1, value * ENSEMBLE_PIXELS // pixels)
+    return value
+
+
+def _turn(img: Image.Image, view) -> Image.Image:
+    return img if view is None else img.transpose(view)
+
+
+def _every(callback: Optional[Callable], n: int) -> Optional[Callable]:
+    """`callback` once per `n` calls: a progress bar of the sampler's steps stays a bar of steps over n views."""
+    if callback is None or n == 1:
+        return callback
+    calls = [0]
+
+    def step(*args):
+        calls[0] += 1
+        if calls[0] % n == 0:
+            callback(*args)
+    return step
+
+
 def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale: int = 4,
              noise_level: Optional[int] = None, seeds: List[int], settings: SamplerSettings = SamplerSettings(),
              tile_size: Optional[int] = None, tile_overlap: Optional[int] = None,
-             match_input: Optional[bool] = None, detail: Optional[float] = None,
+             match_input: Optional[bool] = None, detail: Optional[float] = None, ensemble: Optional[int] = None,
              callback: Optional[Callable] = None):
     """Upscale `image` (PIL) by the model's factor; one image of exactly scale·W × scale·H per seed.
 
@@ -96,14 +141,37 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
     The low-res image is mirror-padded to the UNet's multiple and the result cropped back. match_input (None: the
     model's default): back-project each result onto the input; detail (None: the model's default; 0 to 1, with
     match_input only): the share of the model's detail over the back-projected bicubic (tasks/match_input.py).
+    ensemble (None: the model's default, fewer views above ENSEMBLE_PIXELS; 1 to 8): views averaged before the
+    back-projection (module docstring); view 0 is the input itself with the seed's own noise, so 1 is the plain
+    upscale.
     """
-    from ldmcli.io.images import pil_to_tensor
     from ldmcli.tasks.match_input import back_project, detail_share, wanted
     if detail is not None and not wanted(model, match_input):
         raise UsageError("--detail applies with --match-input only")
     share = detail_share(model, detail)
     family = superres_family(model.cfg)
     level = _check_options(model, family, scale, prompt, negative_prompt, noise_level)
+    views = ensemble_size(model, ensemble, scale * scale * image.width * image.height)
+    step = _every(callback, views)
+    total = None
+    for k, view in enumerate(VIEWS[:views]):
+        view_seeds = [(s + k * _VIEW_STREAM) % 2**64 for s in seeds]
+        out = _upscale(model, _turn(image, view), family, prompt, negative_prompt, scale, level, view_seeds,
+                       settings, tile_size, tile_overlap, step)
+        if views == 1:
+            break
+        turned = [np.asarray(_turn(img, _UNDO.get(view, view)), np.float64) for img in out]
+        total = turned if total is None else [a + b for a, b in zip(total, turned)]
+    if views > 1:
+        out = [Image.fromarray(np.clip(np.rint(a / views), 0, 255).astype(np.uint8)) for a in total]
+    return [back_project(img, image, detail=share) for img in out] if wanted(model, match_input) else out
+
+
+def _upscale(model, image, family: str, prompt: str, negative_prompt: str, scale: int, level: int,
+             seeds: List[int], settings: SamplerSettings, tile_size: Optional[int], tile_overlap: Optional[int],
+             callback: Optional[Callable]) -> list:
+    """One upscale of `image` per seed (superres without the ensemble and the back-projection)."""
+    from ldmcli.io.images import pil_to_tensor
     width, height = image.size
     lr = pad_to_multiple(pil_to_tensor(image), latent_multiple(model)).to(model.device)   # [1, 3, h, w] in [−1, 1]
     if family == "bsr":
@@ -116,9 +184,8 @@ def superres(model, image, prompt: str = "", negative_prompt: str = "", *, scale
         tiling = None      # a purely convolutional UNet runs on the whole image: no tiles, no seams
     shape = (model.cfg.latent_channels, *lr.shape[-2:])                # the latent has the low-res image's size
     z = sample_latents(model, cond, uncond, shape, seeds, settings, callback=callback, tiling=tiling)
-    out = [img.crop((0, 0, scale * width, scale * height)) for img in decode(model, z, tiling)]
-    return [back_project(img, image, detail=share) for img in out] if wanted(model, match_input) else out
+    return [img.crop((0, 0, scale * width, scale * height)) for img in decode(model, z, tiling)]
 
 
-__all__ = ["superres", "superres_family", "bsr_condition", "noise_augment", "x4_condition",
-           "DEFAULT_NOISE_LEVEL"]
+__all__ = ["superres", "superres_family", "bsr_condition", "noise_augment", "x4_condition", "ensemble_size",
+           "DEFAULT_NOISE_LEVEL", "VIEWS", "ENSEMBLE_PIXELS"]

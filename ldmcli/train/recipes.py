@@ -187,11 +187,12 @@ def _models(z: Sizes) -> Dict[str, ModelConfig]:
                                default_steps_unprompted=1, default_schedule_unprompted="trailing", **sched),
         # no attention: super-resolution is local, and a purely convolutional UNet runs on any image size in one
         # pass, so there are no tiles and no tile seams. One DDIM step on the trailing schedule (from t = 999: the
-        # posterior mean) and half the model's detail over the back-projected bicubic: the best PSNR over bicubic on
-        # dead-leaves val pictures among 1-20 steps, η 0 or 1, detail 0.3-1 (docs/RESULTS.md, "Photographs")
+        # posterior mean; the best PSNR over bicubic on dead-leaves val pictures among 1-20 steps, η 0 or 1); the
+        # mean of 8 views (flips, rotations) and 3/4 of its detail over the back-projected bicubic: the best of
+        # detail 0.5-1 on the val pictures (ldm eval --task photos --split val; docs/RESULTS.md, "Photographs")
         "superres": ModelConfig("ldmcli-default-superres", "superres", _unet(7, **dict(concat, attn=())), photo,
                                 "identity", "concat", default_guidance=1.0, default_match_input=True,
-                                default_detail=0.5,
+                                default_detail=0.75, default_ensemble=8,
                                 **dict(sched, default_steps=1, default_eta=0.0, default_schedule="trailing")),
         "layout2img": ModelConfig("ldmcli-default-layout2img", "layout2img",
                                   _unet(4, context_dim=z.layout_width, **cross), fs,
