@@ -268,22 +268,26 @@ def test_photo_rows_tune_on_val_pictures_with_the_detail_share(tiny_ckpts, monke
     shares, real = [], S.superres
 
     def spy(*args, **kwargs):
-        shares.append(kwargs.get("detail"))
+        shares.append((kwargs.get("detail"), kwargs.get("ensemble")))
         return real(*args, **kwargs)
     monkeypatch.setattr(S, "superres", spy)
     seen = []
-    got = E.evaluate(("photos",), ckpts=tiny_ckpts, steps=1, split="val", detail=0.25,
+    got = E.evaluate(("photos",), ckpts=tiny_ckpts, steps=1, split="val", detail=0.25, ensemble=2,
                      progress=lambda task, done, total: seen.append((task, done, total)))["photos"]
     assert [s for s in seen if s[1] == 0] == [("photos superres 32->128", 0, 2), ("photos superres 64->256", 0, 1),
                                               ("photos inpaint", 0, 2)]
-    assert shares == [0.25] * 3 and got["n_photos"] == 2
+    assert shares == [(0.25, 2)] * 3 and got["n_photos"] == 2
     with pytest.raises(UsageError, match="--detail must be a number between 0 and 1"):
         E.evaluate(("photos",), ckpts=tiny_ckpts, split="val", detail=1.5)
     tuned = _invoke("--task", "superres", "--ckpt", tiny_ckpts["superres"], "--n", "1", "--samples", "1", "--steps",
-                    "1", "--detail", "0", "--split", "val", "--json", "--quiet")
+                    "1", "--detail", "0", "--ensemble", "3", "--split", "val", "--json", "--quiet")
     assert tuned.exit_code == 0, tuned.output
-    assert json.loads(tuned.stdout)["detail"] == 0.0 and shares[-1] == 0.0
+    report = json.loads(tuned.stdout)
+    assert (report["detail"], report["ensemble"]) == (0.0, 3) and shares[-1] == (0.0, 3)
     assert _invoke("--task", "superres", "--ckpt", tiny_ckpts["superres"], "--detail", "2").exit_code == 2
+    assert _invoke("--task", "superres", "--ckpt", tiny_ckpts["superres"], "--ensemble", "9").exit_code == 2
+    with pytest.raises(UsageError, match="--ensemble must be a whole number"):
+        E.evaluate(("superres",), ckpts=tiny_ckpts, ensemble=0)
 
 
 def test_photo_rows_need_scikit_image(monkeypatch):

@@ -219,10 +219,12 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
           steps: Steps = None, scale: Scale = None, eta: Eta = None, seed: Seed = 0, device: Device = "auto",
           detail: Annotated[Optional[float], typer.Option("--detail", min=0, max=1, help="superres's share of "
                                                           "the model's detail (default: the model's).")] = None,
+          ensemble: Annotated[Optional[int], typer.Option("--ensemble", min=1, max=8, help="superres's views "
+                                                          "averaged (default: the model's).")] = None,
           split: Annotated[str, typer.Option("--split", help="eval (the held-out split and photos the targets are "
                                              "for) or val (train-split scenes no training run draws, and other "
                                              "pictures than the eval photos: tune --steps, --scale, --eta, "
-                                             "--detail there).")] = "eval",
+                                             "--detail, --ensemble there).")] = "eval",
           json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of the "
                                              "table.")] = False,
           save: Annotated[Optional[str], typer.Option("--save", help="Write the generated images (and each "
@@ -253,10 +255,11 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
         start = time.perf_counter()
         with bars:
             results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples, split, scale, eta,
-                                 detail)
+                                 detail, ensemble)
         if json:
             typer.echo(json_lib.dumps(E.json_report(results, ckpts=paths, n=n, samples=samples, seed=seed,
-                                                    steps=steps, scale=scale, eta=eta, detail=detail, split=split,
+                                                    steps=steps, scale=scale, eta=eta, detail=detail, ensemble=ensemble,
+                                                    split=split,
                                                     seconds=round(time.perf_counter() - start, 2))))
         else:
             typer.echo(E.format_table(results))

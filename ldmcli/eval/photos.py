@@ -151,10 +151,10 @@ def photo_hole(index: int, size: int) -> np.ndarray:
 
 
 def superres_rows(model, seed: int = 0, settings=None, progress=None, split: str = "eval",
-                  detail: Optional[float] = None) -> dict:
+                  sr_options: Optional[dict] = None) -> dict:
     """PSNR of the model's ×4 and of bicubic on every photo of `split` at each SR_ROWS size; the gain's mean and
     worst case, and the seam index on the tile borders of the model's default tiling (1 where it runs in one pass).
-    detail: superres's detail share (None: the model's default)."""
+    sr_options: superres's keyword options (detail, ensemble; none: the model's defaults)."""
     from ldmcli.sampling.settings import SamplerSettings
     from ldmcli.tasks.superres import superres
     settings = settings or SamplerSettings()
@@ -167,7 +167,7 @@ def superres_rows(model, seed: int = 0, settings=None, progress=None, split: str
             progress(bar, 0, len(pictures))
         for i, (name, hr) in enumerate(pictures):
             lr = shrink(hr)
-            img = superres(model, lr, seeds=[seed + i], settings=settings, detail=detail)[0]
+            img = superres(model, lr, seeds=[seed + i], settings=settings, **(sr_options or {}))[0]
             smooth.append(bicubic(lr))
             ours.append(psnr(img, hr))
             base.append(psnr(smooth[-1], hr))

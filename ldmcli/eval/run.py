@@ -80,9 +80,9 @@ def resolve_checkpoints(tasks: Sequence[str], ckpts: Optional[Dict[str, str]] = 
 
 
 # ---- one task -------------------------------------------------------------------------------------------------
-def generate(task: str, model, ex: dict, seeds: List[int], settings, detail: Optional[float] = None) -> list:
-    """One image per seed for example `ex`, through the public task function (superres with `detail` when given)."""
-    extra = {"detail": detail} if task == "superres" and detail is not None else {}
+def generate(task: str, model, ex: dict, seeds: List[int], settings, sr_options: Optional[dict] = None) -> list:
+    """One image per seed for example `ex`, through the public task function (superres with `sr_options`)."""
+    extra = (sr_options or {}) if task == "superres" else {}
     return TASKS[task].function()(model, **task_inputs(task, ex), seeds=seeds, settings=settings, **extra)
 
 
@@ -104,10 +104,10 @@ def save_examples(save_dir, task: str, examples: Sequence[dict], images: Sequenc
 def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: Optional[int] = None,
                    samples: int = SAMPLES, save_dir=None, progress: Optional[Progress] = None, split: str = "eval",
                    scale: Optional[float] = None, eta: Optional[float] = None,
-                   detail: Optional[float] = None) -> Dict[str, float]:
+                   sr_options: Optional[dict] = None) -> Dict[str, float]:
     """Scores of one loaded model on `n` examples of `split` for `task`, `samples` images each (seeds seed + k);
-    steps, scale (guidance), eta and detail (superres) None: the model's defaults. Images have the model's own size
-    (`cfg.image_size`). Adds n_examples and seconds (sampling and scoring)."""
+    steps, scale (guidance), eta None: the model's defaults; sr_options: superres's detail / ensemble. Images have
+    the model's own size (`cfg.image_size`). Adds n_examples and seconds (sampling and scoring)."""
     from ldmcli.sampling.settings import SamplerSettings
     if model.cfg.task != task:
         raise UsageError(f"{model.cfg.name} is a {model.cfg.task} model, not a {task} model")
@@ -120,7 +120,7 @@ def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: O
     if progress:
         progress(task, 0, len(examples))
     for i, ex in enumerate(examples):
-        images.append(generate(task, model, ex, [seed + i * samples + j for j in range(samples)], settings, detail))
+        images.append(generate(task, model, ex, [seed + i * samples + j for j in range(samples)], settings, sr_options))
         if progress:
             progress(task, i + 1, len(examples))
     if save_dir is not None:
@@ -132,7 +132,7 @@ def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: O
 def evaluate_photos(paths: Dict[str, Path], device: str, seed: int = 0, steps: Optional[int] = None,
                     progress: Optional[Progress] = None, scale: Optional[float] = None,
                     eta: Optional[float] = None, split: str = "eval",
-                    detail: Optional[float] = None) -> Dict[str, float]:
+                    sr_options: Optional[dict] = None) -> Dict[str, float]:
     """The photo rows (eval/photos.py): superres and its first stage, then inpaint, on scikit-image's photos (of
     `split`: eval, the photos the targets are for, or val, other pictures to tune on)."""
     from ldmcli.eval import photos as P
@@ -141,7 +141,7 @@ def evaluate_photos(paths: Dict[str, Path], device: str, seed: int = 0, steps: O
     settings = SamplerSettings(steps=steps, guidance_scale=scale, eta=eta)
     start = time.perf_counter()
     model, _ = load(str(paths[f"{PHOTO_ROWS}:superres"]), task="superres", device=device)
-    out = P.superres_rows(model, seed, settings, progress, split, detail) | P.autoencoder_rows(model, split=split)
+    out = P.superres_rows(model, seed, settings, progress, split, sr_options) | P.autoencoder_rows(model, split=split)
     del model
     model, _ = load(str(paths[f"{PHOTO_ROWS}:inpaint"]), task="inpaint", device=device)
     out |= P.inpaint_rows(model, seed, settings, progress, split)
@@ -154,16 +154,19 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
              device: str = "cpu", seed: int = 0, steps: Optional[int] = None, save_dir=None,
              progress: Optional[Progress] = None, samples: int = SAMPLES, split: str = "eval",
              scale: Optional[float] = None, eta: Optional[float] = None,
-             detail: Optional[float] = None) -> Dict[str, Dict[str, float]]:
+             detail: Optional[float] = None, ensemble: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """{task: {metric: value}} for each task's model: `ckpts[task]` (a path or registry name) or the embedded
-    default. Every checkpoint is resolved before the first model loads. steps, scale, eta, detail (superres's
-    detail share) None: each model's default. split: eval (the held-out split and photos the targets are for) or
-    val (other scenes and pictures, for tuning those settings)."""
+    default. Every checkpoint is resolved before the first model loads. steps, scale, eta, detail and ensemble
+    (superres's detail share and views) None: each model's default. split: eval (the held-out split and photos the
+    targets are for) or val (other scenes and pictures, for tuning those settings)."""
     from ldmcli.loading import load
     tasks = parse_tasks(tasks)
     check_split(split)  # before any model loads
     if detail is not None and (isinstance(detail, bool) or not 0.0 <= float(detail) <= 1.0):
         raise UsageError(f"--detail must be a number between 0 and 1, got {detail!r}")
+    if ensemble is not None and (isinstance(ensemble, bool) or not isinstance(ensemble, int) or not 1 <= ensemble <= 8):
+        raise UsageError(f"--ensemble must be a whole number of views from 1 to 8, got {ensemble!r}")
+    sr_options = {k: v for k, v in (("detail", detail), ("ensemble", ensemble)) if v is not None}
     paths = resolve_checkpoints(tasks, ckpts)
     results = {}
     for task in tasks:
@@ -171,12 +174,12 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
             model = first_stage_model(paths[task], device)
             results[task] = autoencoder_ceiling(model, n, progress, split=split)
         elif task == PHOTO_ROWS:
-            results[task] = evaluate_photos(paths, device, seed, steps, progress, scale, eta, split, detail)
+            results[task] = evaluate_photos(paths, device, seed, steps, progress, scale, eta, split, sr_options)
             continue
         else:
             model, _ = load(str(paths[task]), task=task, device=device)
             results[task] = evaluate_model(task, model, n, seed, steps, samples, save_dir, progress, split, scale,
-                                           eta, detail)
+                                           eta, sr_options)
         del model
     return results
 

@@ -69,8 +69,8 @@ def list_entries() -> List[dict]:
 
 def embedded_defaults(task: str) -> Optional[dict]:
     """The sampling defaults of the embedded model for `task` ({"steps", "schedule", "guidance", "eta", "size",
-    "steps_unprompted", "schedule_unprompted", "ensemble", "detail" (None without match_input)}), read from its safetensors header with plain JSON (no torch: `--help`
-    shows them); None when there is no embedded model."""
+    "steps_unprompted", "schedule_unprompted", "ensemble", "detail" (None without match_input)}), read from its
+    safetensors header with plain JSON (no torch: `--help` shows them); None when there is no embedded model."""
     import struct
     try:
         path = default_path(task)
