@@ -44,10 +44,18 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention, x + proj_out(softmax(q kᵀ / √c) v), with 1×1-conv projections."""
+    """Single-head spatial self-attention, x + proj_out(softmax(q kᵀ / √c) v), with 1×1-conv projections.
 
-    def __init__(self, ch: int):
+    pool_side > 0 (AutoencoderConfig.attn_pool_side; 0, the reference, for every public family): on a map whose
+    longer side is over pool_side, keys and values come from the map average-pooled to at most pool_side cells a
+    side, so the cost grows with the pixels instead of their square. The 1×1 projections are linear, so pooling
+    before them is pooling k and v; equal windows add the same log(window) to every score, which the softmax
+    cancels. Every query still sees the whole picture, at a coarser grain.
+    """
+
+    def __init__(self, ch: int, pool_side: int = 0):
         super().__init__()
+        self.pool_side = pool_side
         self.norm = normalize(ch)
         self.q = nn.Conv2d(ch, ch, 1)
         self.k = nn.Conv2d(ch, ch, 1)
@@ -59,18 +67,22 @@ class AttnBlock(nn.Module):
         h = self.norm(x)
         # [b, c, h, w] -> [b, 1 head, h·w tokens, c]; contiguous, because SDPA's fused (flash / memory-efficient)
         # kernels need a unit-stride last dim and would otherwise fall back to the math path with N×N scores
-        q, k, v = (proj(h).reshape(b, 1, c, height * width).transpose(-1, -2).contiguous()
-                   for proj in (self.q, self.k, self.v))
+        kv = h
+        if self.pool_side and max(height, width) > self.pool_side:
+            step = -(-max(height, width) // self.pool_side)
+            kv = F.adaptive_avg_pool2d(h, (-(-height // step), -(-width // step)))
+        q = self.q(h).reshape(b, 1, c, height * width).transpose(-1, -2).contiguous()
+        k, v = (proj(kv).reshape(b, 1, c, -1).transpose(-1, -2).contiguous() for proj in (self.k, self.v))
         h = attention(q, k, v)  # default scale c^-0.5, as the reference
         h = h.transpose(-1, -2).reshape(b, c, height, width)
         return x + self.proj_out(h)
 
 
-def make_attn(ch: int, attn_type: str) -> nn.Module:
+def make_attn(ch: int, attn_type: str, pool_side: int = 0) -> nn.Module:
     """The reference's `make_attn`: attn_type "none" gives a parameter-free identity (no keys)."""
     if attn_type not in ATTN_TYPES:
         raise ValueError(f"unsupported first-stage attn_type {attn_type!r}; expected one of {ATTN_TYPES}")
-    return nn.Identity() if attn_type == "none" else AttnBlock(ch)
+    return nn.Identity() if attn_type == "none" else AttnBlock(ch, pool_side)
 
 
 class Downsample(nn.Module):
@@ -101,10 +113,10 @@ class Level(nn.Module):
     Encoder and decoder attach `downsample` / `upsample` to every level but the last / first.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, with_attn: bool, attn_type: str):
+    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, with_attn: bool, attn_type: str, pool_side: int = 0):
         super().__init__()
         self.block = nn.ModuleList(ResnetBlock(in_ch if j == 0 else out_ch, out_ch) for j in range(n_blocks))
-        self.attn = nn.ModuleList(make_attn(out_ch, attn_type) for _ in range(n_blocks) if with_attn)
+        self.attn = nn.ModuleList(make_attn(out_ch, attn_type, pool_side) for _ in range(n_blocks) if with_attn)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for j, block in enumerate(self.block):
@@ -117,10 +129,10 @@ class Level(nn.Module):
 class Mid(nn.Module):
     """block_1 → attn_1 → block_2 at the lowest resolution."""
 
-    def __init__(self, ch: int, attn_type: str):
+    def __init__(self, ch: int, attn_type: str, pool_side: int = 0):
         super().__init__()
         self.block_1 = ResnetBlock(ch, ch)
-        self.attn_1 = make_attn(ch, attn_type)
+        self.attn_1 = make_attn(ch, attn_type, pool_side)
         self.block_2 = ResnetBlock(ch, ch)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -141,13 +153,14 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         ch, res = cfg.ch, cfg.resolution
         for i, width in enumerate(widths):
-            level = Level(ch, width, cfg.num_res_blocks, res in cfg.attn_resolutions, cfg.attn_type)
+            level = Level(ch, width, cfg.num_res_blocks, res in cfg.attn_resolutions, cfg.attn_type,
+                          cfg.attn_pool_side)
             if i != len(widths) - 1:
                 level.downsample = Downsample(width)
                 res //= 2
             self.down.append(level)
             ch = width
-        self.mid = Mid(ch, cfg.attn_type)
+        self.mid = Mid(ch, cfg.attn_type, cfg.attn_pool_side)
         self.norm_out = normalize(ch)
         z_out = 2 * cfg.z_channels if cfg.kind == "kl" else cfg.z_channels  # KL: mean and logvar (double_z)
         self.conv_out = nn.Conv2d(ch, z_out, 3, padding=1)
@@ -170,10 +183,11 @@ class Decoder(nn.Module):
         widths = [cfg.ch * m for m in cfg.ch_mult]
         ch, res = widths[-1], cfg.resolution // 2 ** (len(widths) - 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, ch, 3, padding=1)
-        self.mid = Mid(ch, cfg.attn_type)
+        self.mid = Mid(ch, cfg.attn_type, cfg.attn_pool_side)
         levels = []
         for i in reversed(range(len(widths))):
-            level = Level(ch, widths[i], cfg.num_res_blocks + 1, res in cfg.attn_resolutions, cfg.attn_type)
+            level = Level(ch, widths[i], cfg.num_res_blocks + 1, res in cfg.attn_resolutions, cfg.attn_type,
+                          cfg.attn_pool_side)
             if i != 0:
                 level.upsample = Upsample(widths[i])
                 res *= 2

@@ -43,6 +43,7 @@ class AutoencoderConfig:
     num_res_blocks: int = 2
     attn_resolutions: Tuple[int, ...] = ()  # pixel sizes measured from `resolution`
     attn_type: str = "vanilla"          # "vanilla" | "none" (VQ-f4-noattn: no mid attention either)
+    attn_pool_side: int = 0             # 0: exact attention (reference); N: keys pooled to ≤ N a side (AttnBlock)
     resolution: int = 256
     in_channels: int = 3
     out_ch: int = 3

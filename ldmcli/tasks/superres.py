@@ -40,8 +40,8 @@ VIEWS = (None, _T.FLIP_LEFT_RIGHT, _T.FLIP_TOP_BOTTOM, _T.ROTATE_180, _T.TRANSPO
 _UNDO = {_T.ROTATE_90: _T.ROTATE_270, _T.ROTATE_270: _T.ROTATE_90}   # every other view undoes itself
 _VIEW_STREAM = 0x9E3779B97F4A7C15   # view k of seed s samples with seed s + k·this: far from the batch's s + 1, ...
 # a model's default ensemble is spent in full up to this many output pixels, and in proportion above: the cost of a
-# view grows with the pixels (faster than linearly: the first stage's mid-block attention is global), so a large
-# picture keeps about the time 8 views take at 512 x 512; the user's --ensemble is always taken as given
+# view grows with its pixels, so a large picture keeps about the time 8 views take at 512 x 512; the user's
+# --ensemble is always taken as given
 ENSEMBLE_PIXELS = 512 * 512
 
 

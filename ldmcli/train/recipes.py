@@ -112,6 +112,9 @@ class Recipe:
     photo_leaves: int = 0                   # dead-leaves images in the pools of the photo stages
 
 
+PHOTO_ATTN_POOL_SIDE = 64       # AutoencoderConfig.attn_pool_side of the photo models' first stage
+
+
 # ---- building blocks ------------------------------------------------------------------------------------------
 def _first_stage(ch: int, res_blocks: int, size: int) -> AutoencoderConfig:
     """KL-f4: three levels of `ch` channels (ch_mult 1, 1, 1), 4 latent channels."""
@@ -166,7 +169,10 @@ class Sizes:
 
 def _models(z: Sizes) -> Dict[str, ModelConfig]:
     fs = _first_stage(z.ae_width, z.ae_res_blocks, z.image)
-    photo = _first_stage(z.ae_width, z.photo_ae_res_blocks, z.image)
+    # photographs come at any size: the attention's keys are pooled to 64 cells a side above that (exact below it;
+    # 55 dB from the exact decode at 512 px, docs/RESULTS.md "Photographs"), so a large picture costs its pixels,
+    # not their square
+    photo = replace(_first_stage(z.ae_width, z.photo_ae_res_blocks, z.image), attn_pool_side=PHOTO_ATTN_POOL_SIDE)
     sched = dict(parameterization=PARAMETERIZATION, linear_start=0.0015, linear_end=0.0195, timesteps=1000,
                  scale_factor=1.0, latent_size=z.image // 4, latent_channels=4, default_steps=50, default_eta=0.0)
     unet = dict(width=z.width, mult=z.mult, res_blocks=z.res_blocks)

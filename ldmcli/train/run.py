@@ -10,7 +10,7 @@ mix(seed, SEED_INDEX[k]) and draws its per-step randomness from mix(that, step, 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -189,7 +189,8 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     fs_cfg, fs_sd = load_autoencoder(fs_path)
     text_length = rec.text_length if opts.data == "world" else FOLDER_TEXT_LENGTH
     cfg = R.model_config(rec, task, vocabulary(opts.data) if R.takes_text(rec.models[task]) else (), text_length)
-    if fs_cfg != cfg.first_stage:
+    # attn_pool_side only changes inference on maps larger than training ever sees: a file without it still fits
+    if replace(fs_cfg, attn_pool_side=cfg.first_stage.attn_pool_side) != cfg.first_stage:
         raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
     pool_size = rec.ldm_pool_size or rec.pool_size
     leaves = _leaves(task, opts, rec)
