@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -133,12 +133,14 @@ def _through_batch_checks(job: jobs.Job) -> None:
     class Model:   # check_size needs only the config
         cfg = SD1_TINY
     batch._check_required("txt2img", job)
-    batch._settings({"sampler": "ddim", "eta": None, "karras": False, "noise_device": None}, job).resolved(SD1_TINY)
+    batch._settings({"sampler": "ddim", "eta": None, "karras": False, "noise_device": None}, job, SD1_TINY)
     check_size(Model, job.height or 16, job.width or 16)
 
 
 @FUZZ
 @given(st.lists(job_objects(), min_size=1, max_size=4), st.booleans())
+@example([{"prompt": "a red circle"}], False)      # the batch checks run on every draw, not only on lucky ones
+@example([{"prompt": ""}], True)
 def test_jsonl_jobs(objects, crlf):
     text = ("\r\n" if crlf else "\n").join(json.dumps(o, allow_nan=True) for o in objects)
     got = documented(jobs.read_jobs, _file(text.encode("utf-8", "surrogatepass"), "jobs.jsonl"))
