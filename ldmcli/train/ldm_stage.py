@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
@@ -178,14 +179,33 @@ CONCAT: Dict[str, Callable[[LatentDiffusion, dict, torch.Generator], dict]] = {
 }
 
 
+@dataclass(frozen=True)
+class OneStep:
+    """The one-step tuning of an LDM stage (recipes.StageSettings.onestep_*): from step `start` on, a share of the
+    examples draws t from the top `top` steps, and their predicted z0 is decoded into a pixel loss."""
+    start: int
+    share: float
+    top: int
+    pixel_weight: float
+
+    @staticmethod
+    def of(s) -> Optional["OneStep"]:
+        """The tuning a StageSettings asks for, or None."""
+        if s.onestep_steps <= 0:
+            return None
+        return OneStep(s.steps - s.onestep_steps, s.onestep_share, s.onestep_top, s.pixel_weight)
+
+
 class DiffusionObjective(nn.Module):
     """L_LDM for one task; `forward(batch, generator, step) -> (loss, metrics)`."""
 
-    def __init__(self, model: LatentDiffusion, uncond_prob: float, uncond_tokens: Optional[torch.Tensor] = None):
+    def __init__(self, model: LatentDiffusion, uncond_prob: float, uncond_tokens: Optional[torch.Tensor] = None,
+                 onestep: Optional[OneStep] = None):
         super().__init__()
         self.ldm = model
         self.task = model.cfg.task
         self.uncond_prob = uncond_prob
+        self.onestep = onestep
         self.register_buffer("alphas_cumprod", model.alphas_cumprod.float(), persistent=False)
         self.register_buffer("uncond_tokens", uncond_tokens if uncond_tokens is not None else torch.zeros(0),
                              persistent=False)
@@ -200,16 +220,33 @@ class DiffusionObjective(nn.Module):
                 z0 = model.scale_factor * (batch["z_mean"] + batch["z_std"] * eps_post)
             else:
                 z0 = model.encode_first_stage(x, generator=generator)
-        t = torch.randint(0, len(self.alphas_cumprod), (b,), generator=generator, device=dev)
+        T = len(self.alphas_cumprod)
+        t = torch.randint(0, T, (b,), generator=generator, device=dev)
+        one = self.onestep if self.onestep is not None and step >= self.onestep.start else None
+        if one is not None:
+            top = torch.randint(T - one.top, T, (b,), generator=generator, device=dev)
+            t = torch.where(torch.rand(b, generator=generator, device=dev) < one.share, top, t)
         eps = torch.randn(z0.shape, generator=generator, device=dev)
         drop = torch.rand(b, generator=generator, device=dev) < self.uncond_prob
         cond = self.condition(batch, drop, generator)
-        pred = model.apply_model(q_sample(z0, t, eps, self.alphas_cumprod), t, **cond)
-        if model.cfg.parameterization == "v":      # a config may ask for v = √ᾱ·ε − √(1−ᾱ)·z0 (SD 2) instead of ε
-            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-            eps = a.sqrt() * eps - (1 - a).sqrt() * z0
-        loss = diffusion_loss(eps, pred)
-        return loss, {"loss": loss.detach()}
+        z_t = q_sample(z0, t, eps, self.alphas_cumprod)
+        pred = model.apply_model(z_t, t, **cond)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        if model.cfg.parameterization == "v":      # a config may ask for v (SD 2) instead of ε
+            target = a.sqrt() * eps - (1 - a).sqrt() * z0
+            z0_pred = a.sqrt() * z_t - (1 - a).sqrt() * pred
+        else:
+            target = eps
+            z0_pred = (z_t - (1 - a).sqrt() * pred) / a.sqrt()
+        loss = diffusion_loss(target, pred)
+        metrics = {"loss": loss.detach()}
+        chosen = t >= T - one.top if one is not None and one.pixel_weight > 0 else None
+        if chosen is not None and chosen.any():
+            # through the frozen decoder (no weight of it changes, the gradient reaches the UNet)
+            pixels = torch.mean((model.decode_first_stage(z0_pred[chosen]).float() - x[chosen].float()) ** 2)
+            loss = loss + one.pixel_weight * pixels
+            metrics = {"loss": loss.detach(), "pixel_mse": pixels.detach()}
+        return loss, metrics
 
     def condition(self, batch: dict, drop: torch.Tensor, generator: torch.Generator) -> dict:
         """c_crossattn / c_concat as the inference task builds them, the τθ input of dropped examples
@@ -225,4 +262,4 @@ class DiffusionObjective(nn.Module):
 
 
 __all__ = ["build_ldm", "encode_pool", "latent_scale", "training_holes", "shuffle_objects", "TOKENS", "CONCAT",
-           "DiffusionObjective"]
+           "OneStep", "DiffusionObjective"]

@@ -115,10 +115,11 @@ class EMA:
 
 
 def lr_at(step: int, s: StageSettings) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay from lr to min_lr_ratio·lr at the last step."""
+    """Linear warm-up over `warmup` steps, then cosine decay from lr to min_lr_ratio·lr at the last step before
+    the one-step tuning (`onestep_steps`, which stays at that floor)."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    span = max(1, s.steps - s.warmup)
+    span = max(1, s.steps - s.onestep_steps - s.warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - s.warmup) / span)))
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * cosine)
 
