@@ -21,7 +21,7 @@ def train_command(
         task: Annotated[str, typer.Option("--task", help=f"What to train: {TASK_CHOICES}. The autoencoder comes "
                                           "first, then the decoder fine-tune (encoder frozen); the LDM stages "
                                           "need their output in --out.")] = "all",
-        recipe: Annotated[str, typer.Option("--recipe", help="cpu (32 px, about 3½ hours on two cores) or gpu (64 px, "
+        recipe: Annotated[str, typer.Option("--recipe", help="cpu (32 px, about 4 hours on two cores) or gpu (64 px, "
                                             "hours on one GPU).")] = "cpu",
         data: Annotated[str, typer.Option("--data", help="world (the procedural shapes world) or a folder of "
                                           "images with <name>.txt captions beside them.")] = "world",

@@ -21,6 +21,9 @@
   input to drop: their tasks sample without guidance, as bsr_sr and the semantic-synthesis models do.
 - Inpainting holes: a quarter the whole image (SD: "in 25 % mask everything"), a quarter one object's box (world
   data), the rest 1-3 random rectangles of 15-50 % of the side.
+- One-step tuning (`OneStep`, a stage's `onestep_*` settings; the superres stage): in its last steps a share of the
+  examples draws t from the top of the schedule, and their predicted z0, decoded by the frozen first stage, adds its
+  pixel MSE to L_LDM, for a model whose default samples one step from t = T − 1 and is judged in pixels.
 - Initialisation as the reference's `zero_module`s: the UNet's output conv, every ResBlock's last conv and every
   attention `proj_out` start at zero, so the untrained model predicts 0 and the blocks start as identities.
 - layout2img's coordinate tokens (id = row·n + column of a 90×90 grid, §6.4) start as 2-D Fourier features of their
