@@ -277,6 +277,9 @@ def test_photo_rows_tune_on_val_pictures_with_the_detail_share(tiny_ckpts, monke
     assert [s for s in seen if s[1] == 0] == [("photos superres 32->128", 0, 2), ("photos superres 64->256", 0, 1),
                                               ("photos inpaint", 0, 2)]
     assert shares == [(0.25, 2)] * 3 and got["n_photos"] == 2
+    # each row says how many pictures it rests on, in the table's footer too
+    assert (got["n_sr128"], got["n_sr256"], got["n_inpaint"]) == (2, 1, 2)
+    assert "photos 2, sr128 2, sr256 1, inpaint 2" in E.format_table({"photos": got})
     with pytest.raises(UsageError, match="--detail must be a number between 0 and 1"):
         E.evaluate(("photos",), ckpts=tiny_ckpts, split="val", detail=1.5)
     tuned = _invoke("--task", "superres", "--ckpt", tiny_ckpts["superres"], "--n", "1", "--samples", "1", "--steps",

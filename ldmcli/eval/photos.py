@@ -179,7 +179,8 @@ def superres_rows(model, seed: int = 0, settings=None, progress=None, split: str
         # the borders of the model's native tiles (with the default quarter overlap), whether or not it tiles
         tile = 4 * model.cfg.latent_size
         lines = [grid_lines((hi, hi), tile - tile // 4)] * len(images)
-        out |= {f"sr{hi}_gain_db": float(np.mean(gains)), f"sr{hi}_worst_gain_db": float(np.min(gains)),
+        out |= {f"n_sr{hi}": float(len(pictures)),       # val's scans are never enlarged: fewer pictures at 256
+                f"sr{hi}_gain_db": float(np.mean(gains)), f"sr{hi}_worst_gain_db": float(np.min(gains)),
                 f"sr{hi}_psnr": float(np.mean(ours)), f"sr{hi}_bicubic_psnr": float(np.mean(base)),
                 f"sr{hi}_seam_index": seam_index(images, truths, lines),
                 f"sr{hi}_bicubic_seam_index": seam_index(smooth, truths, lines)}
@@ -209,7 +210,8 @@ def inpaint_rows(model, seed: int = 0, settings=None, progress=None, split: str 
         lines.append(border_lines(hole > 0.5))
         if progress:
             progress(f"{PHOTO_ROWS} inpaint", i + 1, len(pictures))
-    return {"inpaint_hole_psnr": float(np.mean(hole_psnr)), "inpaint_mean_fill_psnr": float(np.mean(mean_psnr)),
+    return {"n_inpaint": float(len(pictures)),
+            "inpaint_hole_psnr": float(np.mean(hole_psnr)), "inpaint_mean_fill_psnr": float(np.mean(mean_psnr)),
             "inpaint_seam_index": seam_index(outs, truths, lines),
             "inpaint_worst_seam_index": max(seam_index(*a) for a in zip(outs, truths, lines))}
 

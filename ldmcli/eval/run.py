@@ -146,7 +146,7 @@ def evaluate_photos(paths: Dict[str, Path], device: str, seed: int = 0, steps: O
     model, _ = load(str(paths[f"{PHOTO_ROWS}:inpaint"]), task="inpaint", device=device)
     out |= P.inpaint_rows(model, seed, settings, progress, split)
     count = len(P.PHOTOS if split == "eval" else P.VAL)
-    return out | {"n_photos": float(count), "seconds": time.perf_counter() - start}
+    return {"n_photos": float(count)} | out | {"seconds": time.perf_counter() - start}
 
 
 # ---- the evaluator --------------------------------------------------------------------------------------------
