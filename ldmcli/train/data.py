@@ -70,6 +70,21 @@ class Pool:
     caption (the tokens) is indexed by example, every other by image."""
     tensors: Dict[str, torch.Tensor]
     captions: List[str] = field(default_factory=list)
+    world_images: int = 0      # with dead leaves joined after the world (join_pools): the world's images; 0: all
+
+    @property
+    def world_examples(self) -> int:
+        """How many examples are world scenes (each image with each of its captions)."""
+        if not self.world_images:
+            return len(self)
+        return max(1, len(self.captions) // max(self.n_images, 1)) * self.world_images
+
+    def world_index(self, indices: torch.Tensor) -> torch.Tensor:
+        """Pool indices of the world examples `indices` (0 … world_examples − 1, numbered as in a pool of the world
+        alone): caption variant v of world image j is example v·n_images + j of the joined pool."""
+        if not self.world_images:
+            return indices
+        return indices // self.world_images * self.n_images + indices % self.world_images
 
     @property
     def n_images(self) -> int:
@@ -183,7 +198,7 @@ def join_pools(a: Pool, b: Pool) -> Pool:
     captions = []
     for v in range(k):
         captions += a.captions[v * a.n_images:(v + 1) * a.n_images] + b.captions
-    return Pool(tensors, captions)
+    return Pool(tensors, captions, world_images=a.n_images)
 
 
 def folder_images(path) -> List[Path]:

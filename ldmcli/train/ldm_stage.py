@@ -21,9 +21,10 @@
   input to drop: their tasks sample without guidance, as bsr_sr and the semantic-synthesis models do.
 - Inpainting holes: a quarter the whole image (SD: "in 25 % mask everything"), a quarter one object's box (world
   data), the rest 1-3 random rectangles of 15-50 % of the side.
-- One-step tuning (`OneStep`, a stage's `onestep_*` settings; the superres stage): in its last steps a share of the
-  examples draws t from the top of the schedule, and their predicted z0, decoded by the frozen first stage, adds its
-  pixel MSE to L_LDM, for a model whose default samples one step from t = T − 1 and is judged in pixels.
+- A stage's tail (`Tail`, its `tail_*` settings): in its last steps a share of the examples may draw t from the top
+  of the schedule, and their predicted z0, decoded by the frozen first stage, add its pixel MSE to L_LDM (superres:
+  a model whose default samples one step from t = T − 1 and is judged in pixels); the loop may draw the tail's
+  batches from the world scenes alone (inpaint).
 - Initialisation as the reference's `zero_module`s: the UNet's output conv, every ResBlock's last conv and every
   attention `proj_out` start at zero, so the untrained model predicts 0 and the blocks start as identities.
 - layout2img's coordinate tokens (id = row·n + column of a 90×90 grid, §6.4) start as 2-D Fourier features of their
@@ -183,32 +184,33 @@ CONCAT: Dict[str, Callable[[LatentDiffusion, dict, torch.Generator], dict]] = {
 
 
 @dataclass(frozen=True)
-class OneStep:
-    """The one-step tuning of an LDM stage (recipes.StageSettings.onestep_*): from step `start` on, a share of the
-    examples draws t from the top `top` steps, and their predicted z0 is decoded into a pixel loss."""
+class Tail:
+    """The tail of an LDM stage (recipes.StageSettings.tail_*): from step `start` on, a share of the
+    examples draws t from the top `top` steps, and their predicted z0 is decoded into a pixel loss. A tail draws
+    those t whatever its share, so its random stream is the same for every share."""
     start: int
     share: float
     top: int
     pixel_weight: float
 
     @staticmethod
-    def of(s) -> Optional["OneStep"]:
-        """The tuning a StageSettings asks for, or None."""
-        if s.onestep_steps <= 0:
+    def of(s) -> Optional["Tail"]:
+        """The tail a StageSettings asks for, or None."""
+        if s.tail_steps <= 0:
             return None
-        return OneStep(s.steps - s.onestep_steps, s.onestep_share, s.onestep_top, s.pixel_weight)
+        return Tail(s.steps - s.tail_steps, s.tail_top_share, s.tail_top, s.pixel_weight)
 
 
 class DiffusionObjective(nn.Module):
     """L_LDM for one task; `forward(batch, generator, step) -> (loss, metrics)`."""
 
     def __init__(self, model: LatentDiffusion, uncond_prob: float, uncond_tokens: Optional[torch.Tensor] = None,
-                 onestep: Optional[OneStep] = None):
+                 tail: Optional[Tail] = None):
         super().__init__()
         self.ldm = model
         self.task = model.cfg.task
         self.uncond_prob = uncond_prob
-        self.onestep = onestep
+        self.tail = tail
         self.register_buffer("alphas_cumprod", model.alphas_cumprod.float(), persistent=False)
         self.register_buffer("uncond_tokens", uncond_tokens if uncond_tokens is not None else torch.zeros(0),
                              persistent=False)
@@ -225,7 +227,7 @@ class DiffusionObjective(nn.Module):
                 z0 = model.encode_first_stage(x, generator=generator)
         T = len(self.alphas_cumprod)
         t = torch.randint(0, T, (b,), generator=generator, device=dev)
-        one = self.onestep if self.onestep is not None and step >= self.onestep.start else None
+        one = self.tail if self.tail is not None and step >= self.tail.start else None
         if one is not None:
             top = torch.randint(T - one.top, T, (b,), generator=generator, device=dev)
             t = torch.where(torch.rand(b, generator=generator, device=dev) < one.share, top, t)
@@ -265,4 +267,4 @@ class DiffusionObjective(nn.Module):
 
 
 __all__ = ["build_ldm", "encode_pool", "latent_scale", "training_holes", "shuffle_objects", "TOKENS", "CONCAT",
-           "OneStep", "DiffusionObjective"]
+           "Tail", "DiffusionObjective"]

@@ -24,7 +24,7 @@ from ldmcli.train.autoencoder_stage import (AUTOENCODER_FILE, DECODER_FILE, buil
 from ldmcli.train.data import (TASK_FIELDS, WORLD_ONLY, data_pool, folder_images, mix_seed, unconditional_layout,
                                vocabulary)
 from ldmcli.train.export import export_default, version_string
-from ldmcli.train.ldm_stage import DiffusionObjective, OneStep, build_ldm, encode_pool, latent_scale
+from ldmcli.train.ldm_stage import DiffusionObjective, Tail, build_ldm, encode_pool, latent_scale
 from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setup_distributed, teardown_distributed,
                                train_loop)
 
@@ -203,7 +203,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     encode_pool(model, pool, dist.device)
     scale = float(state["extra"]["scale_factor"]) if state else latent_scale(pool, seed, dist)
     model.scale_factor = scale
-    objective = DiffusionObjective(model, s.uncond_prob, uncond, OneStep.of(s)).to(dist.device)
+    objective = DiffusionObjective(model, s.uncond_prob, uncond, Tail.of(s)).to(dist.device)
     with console.progress(s.steps, task) as advance:
         parts = train_loop([Objective(task, objective, ema_decay=s.ema_decay)], pool, s, stage=task, seed=seed,
                            dist=dist, state_path=state_path, log_path=log_path, state=state,

@@ -1,6 +1,7 @@
-"""The one-step tuning of an LDM stage (recipes.StageSettings.onestep_*, ldm_stage.OneStep): the last steps of a
-stage run at the floor learning rate, draw a share of t from the top of the schedule and add the decoded z0's pixel
-MSE; before them, and in every stage without it, training is what it was."""
+"""The tail of an LDM stage (recipes.StageSettings.tail_*, ldm_stage.Tail): the last steps of a stage run at the
+floor learning rate, may draw a share of t from the top of the schedule and add the decoded z0's pixel MSE
+(superres: tuned for its one-step default), and may draw their batches from the world scenes alone (inpaint);
+before them, and in every stage without one, training is what it was."""
 import json
 from dataclasses import replace
 
@@ -15,29 +16,31 @@ from tests.test_train import Recorder, tiny_recipe
 
 def test_the_main_schedule_is_unchanged_and_the_tuning_stays_at_the_floor():
     main = R.StageSettings(steps=100, batch_size=4, lr=1e-3, warmup=10)
-    tuned = replace(main, steps=140, onestep_steps=40)
+    tuned = replace(main, steps=140, tail_steps=40)
     assert [lr_at(k, tuned) for k in range(100)] == [lr_at(k, main) for k in range(100)]
     assert all(lr_at(k, tuned) == pytest.approx(1e-4) for k in range(100, 140))
     assert lr_at(99, tuned) > lr_at(100, tuned)
 
 
 def test_steps_override_keeps_the_tunings_share_of_the_run():
-    s = R.StageSettings(steps=22000, batch_size=32, lr=1e-3, onestep_steps=4000)
-    assert R.with_overrides(s, steps=11).onestep_steps == 2
-    assert R.with_overrides(s, steps=2).onestep_steps == 0
-    assert R.with_overrides(replace(s, onestep_steps=0), steps=5).onestep_steps == 0
+    s = R.StageSettings(steps=22000, batch_size=32, lr=1e-3, tail_steps=4000)
+    assert R.with_overrides(s, steps=11).tail_steps == 2
+    assert R.with_overrides(s, steps=2).tail_steps == 0
+    assert R.with_overrides(replace(s, tail_steps=0), steps=5).tail_steps == 0
 
 
-def test_only_the_superres_stage_of_the_cpu_recipe_is_tuned_for_one_step():
+def test_the_cpu_recipe_tunes_superres_for_one_step_and_inpaint_on_captions():
     stages = R.recipe("cpu").stages
-    assert stages["superres"].onestep_steps > 0 and stages["superres"].pixel_weight > 0
-    assert all(s.onestep_steps == 0 for name, s in stages.items() if name != "superres")
-    # the tuning follows the 18000 steps the stage had before it, unchanged
-    assert stages["superres"].steps - stages["superres"].onestep_steps == 18000
+    sr, inpaint = stages["superres"], stages["inpaint"]
+    assert sr.tail_steps > 0 and sr.pixel_weight > 0 and sr.tail_top_share > 0 and not sr.tail_world_only
+    assert inpaint.tail_steps > 0 and inpaint.tail_world_only and inpaint.pixel_weight == 0
+    assert all(s.tail_steps == 0 for name, s in stages.items() if name not in ("superres", "inpaint"))
+    # each tail follows the steps the stage had before it, unchanged
+    assert (sr.steps - sr.tail_steps, inpaint.steps - inpaint.tail_steps) == (18000, 12000)
     assert R.recipe("cpu").models["superres"].default_steps == 1
 
 
-def _objective(onestep=None, parameterization="v"):
+def _objective(tail=None, parameterization="v"):
     from ldmcli.models.autoencoder import AutoencoderKL
     from ldmcli.train.data import TASK_FIELDS, world_pool
     from ldmcli.train.ldm_stage import DiffusionObjective, build_ldm, encode_pool
@@ -51,13 +54,13 @@ def _objective(onestep=None, parameterization="v"):
     seen = []
     apply = model.apply_model
     model.apply_model = lambda z, t, **c: (seen.append(t.clone()), apply(z, t, **c))[1]
-    return DiffusionObjective(model, 0.0, None, onestep), pool.batch(torch.arange(8), "cpu"), seen
+    return DiffusionObjective(model, 0.0, None, tail), pool.batch(torch.arange(8), "cpu"), seen
 
 
 def test_before_the_tuning_the_objective_is_plain_l_ldm():
-    from ldmcli.train.ldm_stage import OneStep
+    from ldmcli.train.ldm_stage import Tail
     plain, batch, _ = _objective()
-    tuned, _, seen = _objective(OneStep(start=10, share=1.0, top=100, pixel_weight=5.0))
+    tuned, _, seen = _objective(Tail(start=10, share=1.0, top=100, pixel_weight=5.0))
     for step in (0, 9):
         a, ma = plain(batch, torch.Generator().manual_seed(step), step)
         b, mb = tuned(batch, torch.Generator().manual_seed(step), step)
@@ -67,9 +70,9 @@ def test_before_the_tuning_the_objective_is_plain_l_ldm():
 
 @pytest.mark.parametrize("parameterization", ["v", "eps"])
 def test_in_the_tuning_t_comes_from_the_top_and_the_decoded_pixels_join_the_loss(parameterization):
-    from ldmcli.train.ldm_stage import OneStep
+    from ldmcli.train.ldm_stage import Tail
     from ldmcli.train.losses import diffusion_loss
-    objective, batch, seen = _objective(OneStep(start=0, share=1.0, top=100, pixel_weight=5.0), parameterization)
+    objective, batch, seen = _objective(Tail(start=0, share=1.0, top=100, pixel_weight=5.0), parameterization)
     model = objective.ldm
     loss, metrics = objective(batch, torch.Generator().manual_seed(3), 3)
     t = seen[-1]
@@ -101,8 +104,8 @@ def test_in_the_tuning_t_comes_from_the_top_and_the_decoded_pixels_join_the_loss
 
 
 def test_a_share_of_the_examples_keeps_every_t():
-    from ldmcli.train.ldm_stage import OneStep
-    objective, batch, seen = _objective(OneStep(start=0, share=0.5, top=100, pixel_weight=0.0))
+    from ldmcli.train.ldm_stage import Tail
+    objective, batch, seen = _objective(Tail(start=0, share=0.5, top=100, pixel_weight=0.0))
     for step in range(40):
         _, metrics = objective(batch, torch.Generator().manual_seed(step), step)
         assert set(metrics) == {"loss"}                 # no pixel weight, no decode
@@ -113,7 +116,7 @@ def test_a_share_of_the_examples_keeps_every_t():
 
 def test_a_tuned_stage_trains_logs_its_pixels_and_resumes_exactly(tmp_path):
     rec = tiny_recipe()
-    stage = replace(rec.stages["superres"], steps=6, onestep_steps=3, pixel_weight=2.0)
+    stage = replace(rec.stages["superres"], steps=6, tail_steps=3, tail_top_share=1.0, pixel_weight=2.0)
     rec = replace(rec, stages={**rec.stages, "superres": stage})
     for task in ("photo-autoencoder", "superres"):
         train(TrainOptions(task=task, out=str(tmp_path), device="cpu", seed=1), Recorder(), recipe=rec)
@@ -134,3 +137,36 @@ def test_a_tuned_stage_trains_logs_its_pixels_and_resumes_exactly(tmp_path):
     second = torch.load(str(again / "superres" / "state.pt"), weights_only=True)
     for k, v in first["objectives"]["superres"]["module"].items():
         assert torch.equal(v, second["objectives"]["superres"]["module"][k]), k
+
+
+def test_world_examples_of_a_joined_pool_are_its_world_scenes_with_every_caption():
+    from ldmcli.train.data import Pool, join_pools
+    world = Pool({"image": torch.arange(3).view(3, 1, 1, 1).to(torch.uint8)}, ["a0", "b0", "c0", "a1", "b1", "c1"])
+    leaves = Pool({"image": torch.full((2, 1, 1, 1), 9, dtype=torch.uint8)}, ["", ""])
+    joined = join_pools(world, leaves)
+    assert len(joined) == 10 and joined.world_examples == 6 == world.world_examples
+    picked = joined.world_index(torch.arange(6))
+    assert [joined.captions[i] for i in picked] == world.captions
+    assert joined.batch(picked, "cpu")["image"].flatten().tolist() == world.batch(torch.arange(6), "cpu")[
+        "image"].flatten().tolist()
+    assert torch.equal(world.world_index(torch.arange(6)), torch.arange(6))
+
+
+def test_a_world_only_tail_draws_its_batches_from_the_world_scenes(tmp_path, monkeypatch):
+    import ldmcli.train.data as D
+    rec = tiny_recipe()
+    stage = replace(rec.stages["inpaint"], steps=6, tail_steps=3, tail_world_only=True)
+    rec = replace(rec, stages={**rec.stages, "inpaint": stage})
+    train(TrainOptions(task="photo-autoencoder", out=str(tmp_path), device="cpu", seed=1), Recorder(), recipe=rec)
+    drawn = []
+    real = D.Pool.batch
+
+    def spy(self, indices, device):
+        drawn.append((len(self), self.world_images, self.n_images, [self.captions[i] for i in indices]))
+        return real(self, indices, device)
+    monkeypatch.setattr(D.Pool, "batch", spy)
+    train(TrainOptions(task="inpaint", out=str(tmp_path), device="cpu", seed=1), Recorder(), recipe=rec)
+    steps = [d for d in drawn if d[0] > d[1] > 0]            # the training batches of the joined pool
+    assert len(steps) == 6
+    assert all(caption for d in steps[3:] for caption in d[3])                 # the tail: world captions only
+    assert any(caption == "" for d in steps[:3] for caption in d[3])           # before it: dead leaves too
