@@ -137,3 +137,14 @@ def test_bad_strength_is_one_line(tmp_path, sd1_file, strength):
     jobs.write_text(json.dumps({"image": str(src), "prompt": "x", "extra": {"strength": float(strength)}}) + "\n")
     r = ldm("img2img", "--from-file", jobs, "--ckpt", sd1_file, "-o", tmp_path / "j")
     assert r.exit_code == 2 and "strength" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("strength, kept", [(0.3, 3), (0.75, 7), (1.0, 10)])
+def test_cli_img2img_progress_counts_the_steps_its_strength_runs(tmp_path, sd1_file, strength, kept):
+    src = tmp_path / "in.png"
+    _picture(16, 16).save(src)
+    r = ldm("img2img", src, "a blue star", "--strength", strength, "--ckpt", sd1_file, "--steps", 10,
+            "-o", tmp_path / "a.png")
+    assert r.exit_code == 0, r.stderr
+    bar = [line for line in r.stderr.splitlines() if line.startswith("job 1 images 1-1: step")]
+    assert bar and bar[-1] == f"job 1 images 1-1: step {kept}/{kept}", bar

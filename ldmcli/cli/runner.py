@@ -227,6 +227,15 @@ def load_model(task, opts, console, rank):
     return model, info
 
 
+def _sampler_steps(task: str, job, settings) -> int:
+    """The steps a job's progress bar counts: img2img runs only its strength's share of the grid."""
+    if task != "img2img":
+        return settings.steps
+    from ldmcli.cli.inputs import job_option
+    from ldmcli.sampling.schedules import kept_steps
+    return kept_steps(settings.steps, job_option(job, "strength"))
+
+
 def _emit(opts, record: dict, console=None) -> None:
     """A line of data on stdout, through `console` while its progress bars may share the terminal."""
     from ldmcli.cli.console import write_data
@@ -252,7 +261,8 @@ def _run_job(task, model, loaded, work, opts, paths, console, warn=lambda: None)
     for start in range(0, len(pending), batch):
         ks = pending[start:start + batch]
         t0 = time.perf_counter()
-        with console.progress(settings.steps, f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}") as adv:
+        bar = f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}"
+        with console.progress(_sampler_steps(task, run, settings), bar) as adv:
             images = run_job(task, model, run, [seed + k for k in ks], settings, lambda *a: (warn(), adv()))
         warn()
         dt = (time.perf_counter() - t0) / len(ks)

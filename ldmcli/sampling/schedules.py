@@ -107,6 +107,14 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho
 
 
+def kept_steps(n: int, strength: float) -> int:
+    """How many of a grid's n steps a partial start of `strength` runs (`Grid.tail`): int(n·strength), as diffusers
+    and A1111 count them, with n·strength rounded to 9 decimals first (0.3 of 10 steps is 3, not 2)."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return math.floor(round(strength * n, 9))
+
+
 # -- grids ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Grid:
@@ -141,9 +149,7 @@ class Grid:
         settings run the same steps there and here (a small strength may keep none: the caller returns the input).
         strength·n is rounded to 9 decimals first, so that 0.3 of 10 steps is 3 steps, not 2.
         """
-        if not 0 <= strength <= 1:
-            raise ValueError(f"strength must be in [0, 1], got {strength}")
-        first = len(self) - math.floor(round(strength * len(self), 9))
+        first = len(self) - kept_steps(len(self), strength)
         return Grid(self.t[first:], self.alphas[first:], self.sigmas[first:], self.alphas_cumprod)
 
     def t_at(self, sigma: float) -> float:
