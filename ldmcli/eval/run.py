@@ -162,12 +162,12 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
     from ldmcli.loading import load
     tasks = parse_tasks(tasks)
     check_split(split)  # before any model loads
-    if detail is not None and (isinstance(detail, bool) or not 0.0 <= float(detail) <= 1.0):
-        raise UsageError(f"--detail must be a number between 0 and 1, got {detail!r}")
-    from ldmcli.tasks.superres import VIEWS
-    if ensemble is not None and (isinstance(ensemble, bool) or not isinstance(ensemble, int)
-                                 or not 1 <= ensemble <= len(VIEWS)):
-        raise UsageError(f"--ensemble must be a whole number of views from 1 to {len(VIEWS)}, got {ensemble!r}")
+    from ldmcli.tasks.match_input import check_detail
+    from ldmcli.tasks.superres import check_ensemble
+    if detail is not None:
+        check_detail(detail, "--detail")
+    if ensemble is not None:
+        check_ensemble(ensemble, "--ensemble")
     sr_options = {k: v for k, v in (("detail", detail), ("ensemble", ensemble)) if v is not None}
     paths = resolve_checkpoints(tasks, ckpts)
     results = {}

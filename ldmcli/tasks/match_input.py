@@ -85,11 +85,16 @@ def wanted(model, match_input) -> bool:
 
 def detail_share(model, detail) -> float:
     """superres's detail share: the option when given (0 to 1), else the model's default."""
+    return check_detail(model.cfg.default_detail if detail is None else detail)
+
+
+def check_detail(value, name: str = "detail") -> float:
+    """A detail share, checked (0 to 1); `name` is how the message calls the option."""
     from ldmcli.errors import UsageError
-    value = model.cfg.default_detail if detail is None else detail
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise UsageError(f"detail must be a number between 0 and 1, got {value!r}")
+        raise UsageError(f"{name} must be a number between 0 and 1, got {value!r}")
     return float(value)
 
 
-__all__ = ["back_project", "push_pull", "seamless_fill", "wanted", "detail_share", "BACK_PROJECTIONS"]
+__all__ = ["back_project", "push_pull", "seamless_fill", "wanted", "detail_share", "check_detail",
+           "BACK_PROJECTIONS"]

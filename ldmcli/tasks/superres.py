@@ -102,11 +102,16 @@ def _check_options(model, family: str, scale: int, prompt: str, negative_prompt:
 def ensemble_size(model, ensemble, pixels: int = 0) -> int:
     """The number of views to average: the option when given (1 to 8), else the model's default for an output of
     `pixels` pixels (in full up to ENSEMBLE_PIXELS, in proportion above, at least 1)."""
-    value = model.cfg.default_ensemble if ensemble is None else ensemble
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(VIEWS):
-        raise UsageError(f"ensemble must be a whole number of views from 1 to {len(VIEWS)}, got {value!r}")
+    value = check_ensemble(model.cfg.default_ensemble if ensemble is None else ensemble)
     if ensemble is None and pixels > ENSEMBLE_PIXELS:
         value = max(1, value * ENSEMBLE_PIXELS // pixels)
+    return value
+
+
+def check_ensemble(value, name: str = "ensemble") -> int:
+    """A number of views, checked (1 to len(VIEWS)); `name` is how the message calls the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(VIEWS):
+        raise UsageError(f"{name} must be a whole number of views from 1 to {len(VIEWS)}, got {value!r}")
     return value
 
 
@@ -188,4 +193,5 @@ def _upscale(model, image, family: str, prompt: str, negative_prompt: str, scale
 
 
 __all__ = ["superres", "superres_family", "bsr_condition", "noise_augment", "x4_condition", "ensemble_size",
+           "check_ensemble",
            "DEFAULT_NOISE_LEVEL", "VIEWS", "ENSEMBLE_PIXELS"]

@@ -47,6 +47,7 @@ from torch import nn
 
 from ldmcli.models.config import BERTConfig, ModelConfig
 from ldmcli.models.ldm import LatentDiffusion
+from ldmcli.sampling.guidance import predict_x0
 from ldmcli.tasks.inpaint import sd_condition
 from ldmcli.tasks.semantic2img import semantic_condition
 from ldmcli.tasks.superres import bsr_condition
@@ -198,7 +199,7 @@ class Tail:
         """The tail a StageSettings asks for, or None."""
         if s.tail_steps <= 0:
             return None
-        return Tail(s.steps - s.tail_steps, s.tail_top_share, s.tail_top, s.pixel_weight)
+        return Tail(s.tail_start, s.tail_top_share, s.tail_top, s.pixel_weight)
 
 
 class DiffusionObjective(nn.Module):
@@ -237,18 +238,16 @@ class DiffusionObjective(nn.Module):
         z_t = q_sample(z0, t, eps, self.alphas_cumprod)
         pred = model.apply_model(z_t, t, **cond)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        if model.cfg.parameterization == "v":      # a config may ask for v (SD 2) instead of ε
-            target = a.sqrt() * eps - (1 - a).sqrt() * z0
-            z0_pred = a.sqrt() * z_t - (1 - a).sqrt() * pred
-        else:
-            target = eps
-            z0_pred = (z_t - (1 - a).sqrt() * pred) / a.sqrt()
-        loss = diffusion_loss(target, pred)
+        v = model.cfg.parameterization == "v"      # a config may ask for v = √ᾱ·ε − √(1−ᾱ)·z0 (SD 2), not ε
+        loss = diffusion_loss(a.sqrt() * eps - (1 - a).sqrt() * z0 if v else eps, pred)
         metrics = {"loss": loss.detach()}
         chosen = t >= T - one.top if one is not None and one.pixel_weight > 0 else None
         if chosen is not None and chosen.any():
+            z_c, pred_c, a_c = z_t[chosen], pred[chosen], a[chosen]
+            z0_pred = (a_c.sqrt() * z_c - (1 - a_c).sqrt() * pred_c if v
+                       else predict_x0(pred_c, z_c, t[chosen], self.alphas_cumprod))
             # through the frozen decoder (no weight of it changes, the gradient reaches the UNet)
-            pixels = torch.mean((model.decode_first_stage(z0_pred[chosen]).float() - x[chosen].float()) ** 2)
+            pixels = torch.mean((model.decode_first_stage(z0_pred).float() - x[chosen].float()) ** 2)
             loss = loss + one.pixel_weight * pixels
             metrics = {"loss": loss.detach(), "pixel_mse": pixels.detach()}
         return loss, metrics

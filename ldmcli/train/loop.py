@@ -119,7 +119,7 @@ def lr_at(step: int, s: StageSettings) -> float:
     the stage's tail (`tail_steps`, which stays at that floor)."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    span = max(1, s.steps - s.tail_steps - s.warmup)
+    span = max(1, s.tail_start - s.warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - s.warmup) / span)))
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * cosine)
 
@@ -255,7 +255,7 @@ def train_loop(objectives: List[Objective], pool: Pool, s: StageSettings, *, sta
     tick = time.perf_counter()
     for step in range(start, s.steps):
         gen = torch.Generator(dist.device).manual_seed(mix_seed(seed, step, dist.rank))
-        if s.tail_world_only and step >= s.steps - s.tail_steps:     # the tail on the world scenes alone
+        if s.tail_world_only and step >= s.tail_start:     # the tail on the world scenes alone
             indices = pool.world_index(batch_indices(step, s.batch_size, pool.world_examples, seed, dist.rank))
         else:
             indices = batch_indices(step, s.batch_size, len(pool), seed, dist.rank)

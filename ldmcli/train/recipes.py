@@ -104,6 +104,11 @@ class StageSettings:
     pixel_weight: float = 0.0
     tail_world_only: bool = False
 
+    @property
+    def tail_start(self) -> int:
+        """The tail's first step (`steps` for a stage without one)."""
+        return self.steps - self.tail_steps
+
 
 @dataclass(frozen=True)
 class Recipe:
