@@ -27,9 +27,11 @@ test-all:
 bench:
 	$(BIN)/python -m benchmarks.bench
 
-# The embedded defaults: the cpu recipe from seed 0, one stage per command (each well under an hour on two cores;
+# The embedded defaults: the cpu recipe from seed 0, one stage per command (8 to 67 minutes each on two cores;
 # the figures are in docs/RESULTS.md), then installed into weights/. Every stage is resumable: `make weights` again
-# after an interruption continues where it stopped and skips what is done.
+# after an interruption continues where it stopped and skips what is done. After a change of the recipe file it
+# resumes every stage: a finished stage the change leaves alone returns at once, one it extends (more steps, a
+# tail) continues, and one whose finished steps it would change stops with a line saying what differs.
 STAGES := autoencoder decoder txt2img layout2img semantic2img photo-autoencoder superres inpaint
 weights: $(addprefix runs/default/.done-,$(STAGES))
 	$(BIN)/python -m ldmcli.train.install runs/default weights
@@ -37,7 +39,7 @@ weights: $(addprefix runs/default/.done-,$(STAGES))
 runs/default/.done-decoder: runs/default/.done-autoencoder
 $(addprefix runs/default/.done-,txt2img layout2img semantic2img): runs/default/.done-decoder
 $(addprefix runs/default/.done-,superres inpaint): runs/default/.done-photo-autoencoder
-runs/default/.done-%:
+runs/default/.done-%: ldmcli/train/recipes.py
 	$(BIN)/ldm train --recipe cpu --seed 0 --task $* --out runs/default $(if $(wildcard runs/default/$*/state.pt),--resume)
 	touch $@
 

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -149,6 +149,43 @@ def read_state(path) -> Optional[dict]:
     if state.get("format") != STATE_FORMAT:
         raise UsageError(f"{path} is not an ldm train state (format {state.get('format')!r})")
     return state
+
+
+# settings that decide nothing about the weights, or only from the step they start at (checked by that step)
+_FREE = {"log_every", "ckpt_every"}
+_LATE = {"steps", "disc_start", "tail_steps", "tail_top_share", "tail_top", "pixel_weight", "tail_world_only"}
+_TAIL = ("tail_top_share", "tail_top", "pixel_weight", "tail_world_only")
+# settings saved under an earlier name (states written by ldmcli before the tail was named so)
+_RENAMED = {"onestep_steps": "tail_steps", "onestep_share": "tail_top_share", "onestep_top": "tail_top"}
+
+
+def resume_conflict(saved: dict, s: StageSettings, done: int) -> Optional[str]:
+    """None when continuing a state whose first `done` steps ran under the settings `saved` (its asdict) gives
+    what a run under `s` would have given from the start; else the first difference, "name: old -> new". So a
+    stage may grow (more steps, a tail appended after its schedule's end, as a recipe that adds one does) but never
+    change what its finished steps did (learning rate, batch, data, losses)."""
+    known = {f.name for f in fields(StageSettings)}
+    saved = {_RENAMED.get(k, k): v for k, v in saved.items()}
+    if done > s.steps:
+        return f"steps: {saved.get('steps')} -> {s.steps}, and the state is at step {done}"
+    for name, value in saved.items():         # a setting of another version, in use: cannot be checked
+        if name not in known and value:
+            return f"{name}: {value!r} -> (not a setting of this version)"
+    old = StageSettings(**{k: v for k, v in saved.items() if k in known})
+    for name in sorted(known - _FREE - _LATE):
+        if getattr(old, name) != getattr(s, name):
+            return f"{name}: {getattr(old, name)!r} -> {getattr(s, name)!r}"
+    if min(old.disc_start, done) != min(s.disc_start, done):
+        return f"disc_start: {old.disc_start} -> {s.disc_start}"
+    if min(old.tail_start, done) != min(s.tail_start, done):
+        return f"the tail's start: step {old.tail_start} -> {s.tail_start}"
+    for name in _TAIL if old.tail_start < done else ():
+        if getattr(old, name) != getattr(s, name):
+            return f"{name}: {getattr(old, name)!r} -> {getattr(s, name)!r}"
+    for step in range(done):
+        if lr_at(step, old) != lr_at(step, s):
+            return f"the learning rate at step {step}: {lr_at(step, old):.4g} -> {lr_at(step, s):.4g}"
+    return None
 
 
 def _trim_log(path: Path, stage: str, step: int) -> None:
@@ -304,4 +341,4 @@ def save_state(path, parts: Dict[str, _Part], stage: str, step: int, s: StageSet
 
 
 __all__ = ["Objective", "Distributed", "EMA", "setup_distributed", "teardown_distributed",
-           "barrier", "lr_at", "frozen", "read_state", "save_state", "train_loop"]
+           "barrier", "lr_at", "frozen", "read_state", "resume_conflict", "save_state", "train_loop"]

@@ -25,8 +25,8 @@ from ldmcli.train.data import (TASK_FIELDS, WORLD_ONLY, data_pool, folder_images
                                vocabulary)
 from ldmcli.train.export import export_default, version_string
 from ldmcli.train.ldm_stage import DiffusionObjective, Tail, build_ldm, encode_pool, latent_scale
-from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, setup_distributed, teardown_distributed,
-                               train_loop)
+from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, resume_conflict, setup_distributed,
+                               teardown_distributed, train_loop)
 
 # what folder data can train: the first stage, and the tasks that need none of the world's annotations
 FOLDER_TASKS = ("autoencoder", "decoder", "photo-autoencoder") + tuple(
@@ -135,6 +135,12 @@ def _stage_setup(stage: str, opts: TrainOptions, rec: R.Recipe, out: Path):
     if state_path.exists() and not opts.resume:
         raise UsageError(f"{state_path} exists: pass --resume to continue that run, or choose another --out")
     state = read_state(state_path) if opts.resume else None
+    if state is not None:
+        conflict = resume_conflict(state.get("settings", {}), s, int(state["step"]))
+        if conflict:
+            raise UsageError(f"cannot resume {state_path}: its {state['step']} steps ran with other settings "
+                             f"({conflict}); delete {state_path.parent} to train the stage again, or choose "
+                             f"another --out")
     log_path = Path(opts.log) if opts.log else out / "train.jsonl"
     return s, mix_seed(opts.seed, R.SEED_INDEX[stage]), state_path, state, log_path
 
@@ -149,11 +155,20 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
     s, seed, state_path, state, log_path = _stage_setup(stage, opts, rec, out)
     pool_size = rec.pool_size
     leaves = _leaves(stage, opts, rec)
+    path = out / FIRST_STAGE_FILES[stage]
+    inputs, extra = [state_path], {}
     if stage == "decoder":
         cfg, sd = load_autoencoder(out / AUTOENCODER_FILE)
         if cfg != rec.autoencoder:
             raise UsageError(f"{out / AUTOENCODER_FILE} was trained with another recipe than --recipe {rec.name}")
         pool_size = rec.ldm_pool_size or rec.pool_size
+        extra["autoencoder"] = _fingerprint(sd)
+        _check_input(state, "autoencoder", extra["autoencoder"], f"autoencoder than {out / AUTOENCODER_FILE}",
+                     state_path)
+        inputs.append(out / AUTOENCODER_FILE)
+    if _finished(state, s, path, inputs):
+        console.log(f"{stage}: already trained ({s.steps} steps) and written: {path}")
+        return path
     console.log(f"{stage}: building the data pool ({pool_size} examples + {leaves} dead leaves, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, "autoencoder", dist.rank, dist.world,
                      _workers(opts, dist), leaves=leaves)
@@ -167,8 +182,8 @@ def _train_first_stage(stage: str, opts: TrainOptions, rec: R.Recipe, dist: Dist
         o.module.to(dist.device)
     with console.progress(s.steps, stage) as advance:
         train_loop(objectives, pool, s, stage=stage, seed=seed, dist=dist, state_path=state_path,
-                   log_path=log_path, state=state, progress=advance, on_log=lambda r: console.log(_line(r)))
-    path = out / FIRST_STAGE_FILES[stage]
+                   log_path=log_path, state=state, extra=extra, progress=advance,
+                   on_log=lambda r: console.log(_line(r)))
     if dist.main:
         version = version_string(stage, rec.name, s.steps, opts.seed, opts.data)
         if stage == "decoder":
@@ -192,6 +207,12 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     # attn_pool_side only changes inference on maps larger than training ever sees: a file without it still fits
     if replace(fs_cfg, attn_pool_side=cfg.first_stage.attn_pool_side) != cfg.first_stage:
         raise UsageError(f"{fs_path} was trained with another recipe than --recipe {rec.name}")
+    fingerprint = _fingerprint(fs_sd, None if s.pixel_weight else _ENCODER)
+    _check_input(state, "first_stage", fingerprint, f"first stage than {fs_path}", state_path)
+    path = out / f"{task}.safetensors"
+    if _finished(state, s, path, [state_path, fs_path]):
+        console.log(f"{task}: already trained ({s.steps} steps) and exported: {path}")
+        return path
     pool_size = rec.ldm_pool_size or rec.pool_size
     leaves = _leaves(task, opts, rec)
     console.log(f"{task}: building the data pool ({pool_size} examples + {leaves} dead leaves, {rec.image_size} px)")
@@ -207,19 +228,50 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     with console.progress(s.steps, task) as advance:
         parts = train_loop([Objective(task, objective, ema_decay=s.ema_decay)], pool, s, stage=task, seed=seed,
                            dist=dist, state_path=state_path, log_path=log_path, state=state,
-                           extra={"scale_factor": scale}, progress=advance,
+                           extra={"scale_factor": scale, "first_stage": fingerprint}, progress=advance,
                            on_log=lambda r: console.log(_line(r)))
     ema = parts[task].ema
     # the frozen first stage is exported as the file holds it, not as the training state does: a run resumed after a
     # later decoder stage re-exports with that decoder (the encoder, all the LDM saw, is the same in both)
     model.first_stage_model.load_state_dict(fs_sd, strict=True)
-    path = out / f"{task}.safetensors"
     if dist.main:
         weights = {k[len("ldm."):]: v for k, v in ema.shadow.items()} if ema else None
         version = version_string(task, rec.name, s.steps, opts.seed, opts.data)
         export_default(model, path, version=f"{version}; first stage: {_provenance(fs_path)}", ema_weights=weights)
     barrier(dist)
     return path
+
+
+# what an LDM stage learnt from its first stage: the encoder's latents (a decoder stage trained later changes only
+# what the stage exports), and the decoder as well where a pixel term decoded through it
+_ENCODER = ("encoder.", "quant_conv.")
+
+
+def _fingerprint(sd: Dict[str, torch.Tensor], prefixes: Optional[tuple] = None) -> str:
+    """SHA-256 of the named tensors' bytes (those under `prefixes`, else all), in key order."""
+    import hashlib
+    h = hashlib.sha256()
+    for key in sorted(sd):
+        if prefixes is None or key.startswith(prefixes):
+            h.update(key.encode())
+            h.update(sd[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_input(state: Optional[dict], key: str, fingerprint: str, what: str, state_path: Path) -> None:
+    """A resumed state must have trained on the input it reads now (states from before the check hold none)."""
+    seen = state["extra"].get(key) if state else None
+    if seen is not None and seen != fingerprint:
+        raise UsageError(f"cannot resume {state_path}: it was trained on another {what}; delete "
+                         f"{state_path.parent} to train the stage again, or choose another --out")
+
+
+def _finished(state: Optional[dict], s: R.StageSettings, path: Path, inputs: List[Path]) -> bool:
+    """Whether a resumed stage has run all its steps and `path` was written after its state and every input file,
+    so that resuming it again (`make weights` after a recipe change) returns at once instead of building its pool."""
+    if state is None or int(state["step"]) < s.steps or not path.is_file():
+        return False
+    return all(path.stat().st_mtime >= p.stat().st_mtime for p in inputs)
 
 
 def _provenance(path: Path) -> str:
