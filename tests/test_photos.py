@@ -230,6 +230,47 @@ def test_inpaint_match_input_removes_the_step_at_the_holes_border():
     assert P.seam_index(matched, img, lines) < 0.7 * P.seam_index(plain, img, lines)
 
 
+
+def _grey(img: Image.Image) -> Image.Image:
+    return img.convert("L").convert("RGB")
+
+
+def _chroma(img: Image.Image, where=None) -> float:
+    """The largest spread between a pixel's channels (0: a grey picture)."""
+    a = np.asarray(img, np.int16)
+    a = a if where is None else a[where]
+    return float((a.max(-1) - a.min(-1)).max())
+
+
+def test_a_grey_picture_gives_a_grey_superres_that_still_shrinks_to_it():
+    from tiny import tiny_model
+    from ldmcli.tasks.superres import superres
+    model = tiny_model(_sr_config(match=True), seed=1).eval()
+    lr = _grey(_smooth_picture(12, 3))
+    out = superres(model, lr, seeds=[0])[0]
+    assert _chroma(out) == 0
+    assert np.abs(np.asarray(P.shrink(out), float) - np.asarray(lr, float)).mean() < 3
+    assert _chroma(superres(model, lr, seeds=[0], match_input=False)[0]) > 20     # random weights paint colour
+    assert _chroma(superres(model, _smooth_picture(12, 3), seeds=[0])[0]) > 20    # a colour picture keeps it
+
+
+def test_inpaint_fills_a_grey_picture_grey_only_when_restoring_it():
+    """Without a prompt the fill restores the picture: grey in a grey picture. A prompt may ask for colour."""
+    from tiny import SD1_TINY, tiny_model
+    from ldmcli.sampling.settings import SamplerSettings
+    from ldmcli.tasks.inpaint import inpaint
+    img = _grey(_smooth_picture(32, 4))
+    hole = np.zeros((32, 32), np.float32)
+    hole[8:24, 10:26] = 1
+    two = SamplerSettings(steps=2)
+    model = tiny_model(SD1_TINY.with_(default_match_input=True), seed=2).eval()
+    inside = hole > 0.5
+    assert _chroma(inpaint(model, img, hole, "", seeds=[0], settings=two)[0]) == 0
+    assert _chroma(inpaint(model, img, hole, "x", seeds=[0], settings=two)[0], inside) > 20
+    assert _chroma(inpaint(model, img, hole, "", seeds=[0], settings=two, match_input=False)[0], inside) > 20
+    colour = _smooth_picture(32, 4)
+    assert _chroma(inpaint(model, colour, hole, "", seeds=[0], settings=two)[0], inside) > 20
+
 # ---- inpaint without a prompt: the model's unprompted steps and schedule -------------------------------------------
 def test_unprompted_settings_apply_only_where_the_user_chose_nothing():
     from ldmcli.loading import presets

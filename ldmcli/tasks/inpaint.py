@@ -136,10 +136,11 @@ def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mas
     The model always sees the mask thresholded at 0.5 (the reference scripts). The paste-back uses it thresholded
     too, so grey mask values do not blend (as the reference does), unless `mask_blur` > 0 says the mask was
     feathered on purpose (--mask-blur): then its soft values are the paste-back's alpha. match_input (None: the
-    model's default): shift the fill to meet the known pixels without a seam (tasks/match_input.py). Without a
+    model's default): shift the fill to meet the known pixels without a seam, and without a prompt keep a grey
+    picture's fill grey (tasks/match_input.py). Without a
     prompt, settings the caller left unset take the model's unprompted defaults (`SamplerSettings.unprompted`)."""
     from ldmcli.io.images import pil_to_tensor
-    from ldmcli.tasks.match_input import seamless_fill, wanted
+    from ldmcli.tasks.match_input import grey, is_grey, seamless_fill, wanted
     family = inpaint_family(model.cfg)
     if not prompt.strip():
         settings = settings.unprompted(model.cfg)
@@ -159,6 +160,8 @@ def inpaint(model, image, mask, prompt: str = "", negative_prompt: str = "", mas
     out = [g.crop((0, 0, width, height)) for g in decode(model, z)]
     if wanted(model, match_input):
         out = [seamless_fill(image, g, mask) for g in out]
+        if not prompt.strip() and is_grey(image, mask < 0.5):     # restoring a grey picture: a grey fill
+            out = [grey(g) for g in out]
     return [paste_back(image, g, mask) for g in out]
 
 

@@ -9,6 +9,8 @@ shade), exactly what the eye sees first and bicubic resizing gets right. So:
   between the original and the decoded image, spread into the hole by push-pull interpolation (a pyramid of
   weighted averages; Gortler et al. 1996): the fill then meets the known pixels without a step in colour, as
   Poisson image editing (Pérez et al. 2003) makes it, at a cost linear in the pixels.
+- a grey picture gives a grey result (superres; inpaint without a prompt, which restores rather than paints):
+  each pixel's channels are averaged, as the model adds faint colour a grey picture never has.
 Both are on by default for models whose config says so (`ModelConfig.default_match_input`: the embedded defaults
 trained on photographs); public checkpoints keep the reference pipelines' output unless asked.
 """
@@ -40,13 +42,16 @@ def back_project(output: Image.Image, lowres: Image.Image, iterations: int = BAC
     """`output` corrected so that its bicubic shrink to `lowres`' size reproduces `lowres`; with `detail` < 1, what
     the model adds over the back-projected bicubic upscale is scaled by it (both agree with the input, and so
     does their blend). A shrinkage of the model's detail toward the smooth estimate: where the model's detail is
-    partly wrong, a share of it is closer to the truth in PSNR than all or none (docs/RESULTS.md, "Photographs")."""
+    partly wrong, a share of it is closer to the truth in PSNR than all or none (docs/RESULTS.md, "Photographs").
+    A grey `lowres` gives a grey result."""
     lr = np.asarray(lowres.convert("RGB"), np.float32)
     y = _project(np.asarray(output.convert("RGB"), np.float32), lr, iterations)
     if detail != 1.0:
         smooth = np.asarray(lowres.convert("RGB").resize(output.size, Image.Resampling.BICUBIC), np.float32)
         base = _project(smooth, lr, iterations)
         y = base + detail * (y - base)
+    if is_grey(lowres):     # the mean of the channels still shrinks to the input: the shrink is linear
+        y = np.repeat(y.mean(-1, keepdims=True), 3, -1)
     return Image.fromarray(np.clip(np.rint(y), 0, 255).astype(np.uint8))
 
 
@@ -78,6 +83,21 @@ def seamless_fill(original: Image.Image, generated: Image.Image, hole: np.ndarra
     return Image.fromarray(out.clamp(0, 255).round().byte().permute(1, 2, 0).numpy())
 
 
+def is_grey(img: Image.Image, where: np.ndarray | None = None) -> bool:
+    """Whether every pixel of `img` (those where `where` [H, W] is true, when given) has R = G = B."""
+    a = np.asarray(img.convert("RGB"))
+    if where is not None:
+        a = a[np.asarray(where, bool)]
+    return bool(a.size) and bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+
+def grey(img: Image.Image) -> Image.Image:
+    """Each pixel's channels replaced by their mean: the closest grey picture in PSNR. A model trained on colour
+    pictures adds faint colour to a grey one (0.3-0.5 levels RMS on the photos), which no grey picture has."""
+    a = np.asarray(img.convert("RGB"), np.float32).mean(-1, keepdims=True)
+    return Image.fromarray(np.repeat(np.clip(np.rint(a), 0, 255).astype(np.uint8), 3, -1))
+
+
 def wanted(model, match_input) -> bool:
     """Whether to match: the option when given, else the model's default."""
     return bool(model.cfg.default_match_input) if match_input is None else bool(match_input)
@@ -96,5 +116,5 @@ def check_detail(value, name: str = "detail") -> float:
     return float(value)
 
 
-__all__ = ["back_project", "push_pull", "seamless_fill", "wanted", "detail_share", "check_detail",
+__all__ = ["back_project", "push_pull", "seamless_fill", "is_grey", "grey", "wanted", "detail_share", "check_detail",
            "BACK_PROJECTIONS"]
