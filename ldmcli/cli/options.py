@@ -80,7 +80,8 @@ NegPrompt = Annotated[str, typer.Option("--negative-prompt", help="What to steer
 MatchInput = Annotated[Optional[bool], typer.Option("--match-input/--no-match-input", help="Make the result agree "
                                                     "with the input in pixels: superres back-projects onto the "
                                                     "low-res image, inpaint shifts the fill to meet the known "
-                                                    "pixels seamlessly. Default: on for the embedded models, off "
+                                                    "pixels seamlessly; a grey picture stays grey (inpaint: "
+                                                    "without a prompt). Default: on for the embedded models, off "
                                                     "for public checkpoints (their reference output).")]
 ClipSkip = Annotated[Optional[int], typer.Option("--clip-skip", min=1, help="CLIP layer the prompt is read from, "
                                               "counted from the last as A1111 does: 1 = the last, 2 = the "
