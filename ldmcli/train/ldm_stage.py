@@ -228,10 +228,10 @@ class DiffusionObjective(nn.Module):
                 z0 = model.encode_first_stage(x, generator=generator)
         T = len(self.alphas_cumprod)
         t = torch.randint(0, T, (b,), generator=generator, device=dev)
-        one = self.tail if self.tail is not None and step >= self.tail.start else None
-        if one is not None:
-            top = torch.randint(T - one.top, T, (b,), generator=generator, device=dev)
-            t = torch.where(torch.rand(b, generator=generator, device=dev) < one.share, top, t)
+        tail = self.tail if self.tail is not None and step >= self.tail.start else None   # None before it begins
+        if tail is not None:
+            top = torch.randint(T - tail.top, T, (b,), generator=generator, device=dev)
+            t = torch.where(torch.rand(b, generator=generator, device=dev) < tail.share, top, t)
         eps = torch.randn(z0.shape, generator=generator, device=dev)
         drop = torch.rand(b, generator=generator, device=dev) < self.uncond_prob
         cond = self.condition(batch, drop, generator)
@@ -241,14 +241,14 @@ class DiffusionObjective(nn.Module):
         v = model.cfg.parameterization == "v"      # a config may ask for v = √ᾱ·ε − √(1−ᾱ)·z0 (SD 2), not ε
         loss = diffusion_loss(a.sqrt() * eps - (1 - a).sqrt() * z0 if v else eps, pred)
         metrics = {"loss": loss.detach()}
-        chosen = t >= T - one.top if one is not None and one.pixel_weight > 0 else None
+        chosen = t >= T - tail.top if tail is not None and tail.pixel_weight > 0 else None
         if chosen is not None and chosen.any():
             z_c, pred_c, a_c = z_t[chosen], pred[chosen], a[chosen]
             z0_pred = (a_c.sqrt() * z_c - (1 - a_c).sqrt() * pred_c if v
                        else predict_x0(pred_c, z_c, t[chosen], self.alphas_cumprod))
             # through the frozen decoder (no weight of it changes, the gradient reaches the UNet)
             pixels = torch.mean((model.decode_first_stage(z0_pred).float() - x[chosen].float()) ** 2)
-            loss = loss + one.pixel_weight * pixels
+            loss = loss + tail.pixel_weight * pixels
             metrics = {"loss": loss.detach(), "pixel_mse": pixels.detach()}
         return loss, metrics
 

@@ -172,14 +172,12 @@ def resume_conflict(saved: dict, s: StageSettings, done: int) -> Optional[str]:
         if name not in known and value:
             return f"{name}: {value!r} -> (not a setting of this version)"
     old = StageSettings(**{k: v for k, v in saved.items() if k in known})
-    for name in sorted(known - _FREE - _LATE):
-        if getattr(old, name) != getattr(s, name):
-            return f"{name}: {getattr(old, name)!r} -> {getattr(s, name)!r}"
     if min(old.disc_start, done) != min(s.disc_start, done):
         return f"disc_start: {old.disc_start} -> {s.disc_start}"
     if min(old.tail_start, done) != min(s.tail_start, done):
         return f"the tail's start: step {old.tail_start} -> {s.tail_start}"
-    for name in _TAIL if old.tail_start < done else ():
+    ran = sorted(known - _FREE - _LATE) + (list(_TAIL) if old.tail_start < done else [])
+    for name in ran:
         if getattr(old, name) != getattr(s, name):
             return f"{name}: {getattr(old, name)!r} -> {getattr(s, name)!r}"
     for step in range(done):
