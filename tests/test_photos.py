@@ -146,6 +146,13 @@ def test_val_pictures_are_other_pictures_than_the_eval_photos_and_never_enlarged
     for name, img in val:
         assert img.size == (128, 128) and img.mode == "RGB", name
     assert np.asarray(dict(val)["logo"]).max() == 255          # the logo's transparency is white, not black
+    tiles = dict(P.photos(256, split="val", names=P.TILES))
+    assert len(tiles) == 6 and all(img.size == (256, 256) for img in tiles.values())
+    import skimage.data
+    left, right, _ = skimage.data.stereo_motorcycle()
+    # a tile is the camera's own pixels (not resized) at the corner its name gives, from the view it names
+    assert np.array_equal(np.asarray(tiles["motorcycle_left_242_244"]), left[244:500, 242:498])
+    assert np.array_equal(np.asarray(tiles["motorcycle_right_485_0"]), right[:256, 485:741])
     with pytest.raises(UsageError, match="--split"):
         P.photos(128, split="train")
 

@@ -39,7 +39,7 @@ def test_more_steps_without_a_tail_stretch_the_schedule_and_are_refused():
     assert resume_conflict(asdict(BASE), replace(BASE, steps=2000), 40) is None   # still in the warm-up: same lr
 
 
-@pytest.mark.parametrize("change", [{"lr": 2e-4}, {"batch_size": 16}, {"leaves": 100}, {"warmup": 10},
+@pytest.mark.parametrize("change", [{"lr": 2e-4}, {"batch_size": 16}, {"leaves": 100}, {"world": 100}, {"warmup": 10},
                                     {"uncond_prob": 0.2}, {"ema_decay": 0.999}, {"min_lr_ratio": 0.5}])
 def test_a_change_of_what_the_finished_steps_did_is_refused(change):
     name = next(iter(change))
@@ -103,6 +103,22 @@ def test_a_finished_stage_returns_at_once(trained, tmp_path):
         assert any("already trained" in line for line in recorder.lines), task
         assert task not in recorder.advances                    # no pool, no loop: nothing to advance
         assert written[task].read_bytes() == before[written[task].name]
+
+
+def test_a_stage_may_draw_its_own_count_of_world_scenes(trained, tmp_path):
+    """StageSettings.world sizes the stage's pool (the recipe's ldm_pool_size otherwise), and is part of what its
+    finished steps did."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "txt2img")
+    (run / "txt2img.safetensors").unlink()
+    rec = tiny_recipe()
+    own = replace(rec, stages={**rec.stages, "txt2img": replace(rec.stages["txt2img"], world=6)})
+    _, recorder = _run(run, "txt2img", recipe=own)
+    assert any("building the data pool (6 examples" in line for line in recorder.lines), recorder.lines
+    (run / "txt2img.safetensors").unlink()
+    with pytest.raises(UsageError, match=r"world: 6 -> None"):
+        _run(run, "txt2img", resume=True)
 
 
 def test_resume_on_another_encoder_is_refused(trained, tmp_path):

@@ -24,8 +24,15 @@ COLOUR = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistoche
 GREY = ("camera", "brick", "grass", "gravel", "coins", "moon", "clock")
 PHOTOS = COLOUR + GREY
 # pictures for choosing a default (`ldm eval --split val`), never among the photos above: the other photographs and
-# graphics scikit-image ships; the two motorcycle views are cropped at opposite ends (different parts of the scene)
-VAL = ("motorcycle_left", "motorcycle_right", "cell", "logo", "horse", "page", "text")
+# graphics scikit-image ships; the two motorcycle views are cropped at opposite ends (different parts of the scene).
+# The motorcycle pair is its only other photograph, so val also takes six native 256 px tiles of it
+# (motorcycle_<view>_<x>_<y>: three columns that show different parts of the scene, the right view's shifted past
+# the left's, two rows): without them val's 256 row held two photos among five pictures, too few to choose between
+# models that the eval photos separate (docs/RESULTS.md, "Photographs")
+TILE = 256
+TILES = tuple(f"motorcycle_{view}_{x}_{y}" for view, x in (("left", 0), ("left", 242), ("right", 485))
+              for y in (0, 244))
+VAL = ("motorcycle_left", "motorcycle_right", "cell", "logo", "horse", "page", "text") + TILES
 SPLITS = ("eval", "val")
 SR_ROWS = ((32, 128), (64, 256))        # (low-res, high-res) side of the super-resolution rows
 
@@ -47,13 +54,18 @@ def photo(name: str, size: int) -> Image.Image:
 
 
 def _val_source(name: str) -> Image.Image:
-    """The full val picture `name` (VAL), RGB; the motorcycle views as their leftmost / rightmost square."""
+    """The full val picture `name` (VAL), RGB; the motorcycle views as their leftmost / rightmost square, or as the
+    TILE-px square at x, y of a tile's name."""
     import skimage.data
     if name.startswith("motorcycle_"):
         left, right, _ = skimage.data.stereo_motorcycle()
-        img = Image.fromarray(left if name.endswith("left") else right)
+        view, *corner = name.split("_")[1:]
+        img = Image.fromarray(left if view == "left" else right)
+        if corner:
+            x, y = map(int, corner)
+            return img.crop((x, y, x + TILE, y + TILE))
         side = min(img.size)
-        return img.crop((0, 0, side, side) if name.endswith("left") else (img.width - side, 0, img.width, side))
+        return img.crop((0, 0, side, side) if view == "left" else (img.width - side, 0, img.width, side))
     a = np.asarray(getattr(skimage.data, name)())
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
@@ -223,7 +235,7 @@ def autoencoder_rows(model, size: int = 128, split: str = "eval") -> dict:
     return {"autoencoder_psnr": float(np.mean(values))}
 
 
-__all__ = ["PHOTOS", "VAL", "COLOUR", "GREY", "SR_ROWS", "PHOTO_ROWS", "available", "photo", "photos", "shrink",
+__all__ = ["PHOTOS", "VAL", "TILES", "COLOUR", "GREY", "SR_ROWS", "PHOTO_ROWS", "available", "photo", "photos", "shrink",
            "bicubic",
            "psnr", "seam_index", "grid_lines", "border_lines", "photo_hole", "superres_rows", "inpaint_rows",
            "autoencoder_rows"]

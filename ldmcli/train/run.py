@@ -213,7 +213,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     if _finished(state, s, path, [state_path, fs_path]):
         console.log(f"{task}: already trained ({s.steps} steps) and exported: {path}")
         return path
-    pool_size = rec.ldm_pool_size or rec.pool_size
+    pool_size = s.world or rec.ldm_pool_size or rec.pool_size
     leaves = _leaves(task, opts, rec)
     console.log(f"{task}: building the data pool ({pool_size} examples + {leaves} dead leaves, {rec.image_size} px)")
     pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, task, dist.rank, dist.world,
