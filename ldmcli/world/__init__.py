@@ -4,11 +4,25 @@ ldmcli trains its small default models on this world and proves them with `ldm e
 `scenes` (what is where, captions, splits), `render` (pixels, class maps, x4 pairs, masks, `dataset`),
 `readback` (objects and class maps recovered from an RGB image alone), `metrics` (per-task scores).
 The function `render.render` is not re-exported here, so `ldmcli.world.render` stays the module.
+
+The names below are imported on first use: every `ldm` command reads the world's vocabulary (`vocab`, for its
+help), and only training and `ldm eval` need the renderer and the evaluator (and numpy, imported by them).
 """
-from .metrics import summarize
-from .readback import Detected, read_class_map, read_objects
-from .render import class_map, dataset
-from .scenes import Obj, Scene, caption, layout, parse_caption, sample_scene
+from importlib import import_module
+
+_EXPORTS = {"summarize": "metrics", "Detected": "readback", "read_class_map": "readback",
+            "read_objects": "readback", "class_map": "render", "dataset": "render", "Obj": "scenes",
+            "Scene": "scenes", "caption": "scenes", "layout": "scenes", "parse_caption": "scenes",
+            "sample_scene": "scenes"}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["Obj", "Scene", "sample_scene", "caption", "parse_caption", "layout", "class_map", "dataset",
            "Detected", "read_objects", "read_class_map", "summarize"]
