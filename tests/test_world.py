@@ -259,3 +259,11 @@ def test_inpaint_metrics():
 def test_summarize():
     table = metrics.summarize({"semantic2img": {"pixel_acc": 0.9, "miou": 0.5, "n_pixels": 10.0}})
     assert table == {"semantic2img": {"pixel_acc": 0.9, "miou": 0.5}}
+
+
+def test_the_package_names_load_on_first_use():
+    import ldmcli.world as W
+    for name in W.__all__:
+        assert getattr(W, name) is getattr(__import__(f"ldmcli.world.{W._EXPORTS[name]}", fromlist=[name]), name)
+    with pytest.raises(AttributeError, match="no attribute 'render_all'"):
+        W.render_all

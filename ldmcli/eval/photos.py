@@ -235,7 +235,7 @@ def autoencoder_rows(model, size: int = 128, split: str = "eval") -> dict:
     return {"autoencoder_psnr": float(np.mean(values))}
 
 
-__all__ = ["PHOTOS", "VAL", "TILES", "COLOUR", "GREY", "SR_ROWS", "PHOTO_ROWS", "available", "photo", "photos", "shrink",
-           "bicubic",
+__all__ = ["PHOTOS", "VAL", "TILES", "COLOUR", "GREY", "SR_ROWS", "PHOTO_ROWS", "available", "photo", "photos",
+           "shrink", "bicubic",
            "psnr", "seam_index", "grid_lines", "border_lines", "photo_hole", "superres_rows", "inpaint_rows",
            "autoencoder_rows"]

@@ -24,5 +24,4 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["Obj", "Scene", "sample_scene", "caption", "parse_caption", "layout", "class_map", "dataset",
-           "Detected", "read_objects", "read_class_map", "summarize"]
+__all__ = list(_EXPORTS)
