@@ -7,6 +7,8 @@
 
 The names below are imported on first use, so `import ldmcli` (and `ldm --help`) does not import torch.
 """
+from ldmcli.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -24,11 +26,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ldmcli' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -264,6 +264,6 @@ def test_summarize():
 def test_the_package_names_load_on_first_use():
     import ldmcli.world as W
     for name in W.__all__:
-        assert getattr(W, name) is getattr(__import__(f"ldmcli.world.{W._EXPORTS[name]}", fromlist=[name]), name)
+        assert getattr(W, name) is getattr(__import__(f"ldmcli.world{W._EXPORTS[name]}", fromlist=[name]), name)
     with pytest.raises(AttributeError, match="no attribute 'render_all'"):
         W.render_all

@@ -8,20 +8,11 @@ The function `render.render` is not re-exported here, so `ldmcli.world.render` s
 The names below are imported on first use: every `ldm` command reads the world's vocabulary (`vocab`, for its
 help), and only training and `ldm eval` need the renderer and the evaluator (and numpy, imported by them).
 """
-from importlib import import_module
+from ldmcli.lazy import lazy_exports
 
-_EXPORTS = {"summarize": "metrics", "Detected": "readback", "read_class_map": "readback",
-            "read_objects": "readback", "class_map": "render", "dataset": "render", "Obj": "scenes",
-            "Scene": "scenes", "caption": "scenes", "layout": "scenes", "parse_caption": "scenes",
-            "sample_scene": "scenes"}
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
+_EXPORTS = {"summarize": ".metrics", "Detected": ".readback", "read_class_map": ".readback",
+            "read_objects": ".readback", "class_map": ".render", "dataset": ".render", "Obj": ".scenes",
+            "Scene": ".scenes", "caption": ".scenes", "layout": ".scenes", "parse_caption": ".scenes",
+            "sample_scene": ".scenes"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)
