@@ -121,6 +121,23 @@ def test_a_stage_may_draw_its_own_count_of_world_scenes(trained, tmp_path):
         _run(run, "txt2img", resume=True)
 
 
+def test_a_stage_may_learn_on_larger_pictures_than_its_recipe(tmp_path):
+    """StageSettings.image_size: the superres stage's pool at twice the recipe's size (its UNet is convolutional),
+    the exported model upscales as any other, and the size is part of what the finished steps did."""
+    from ldmcli.loading import load
+    rec = tiny_recipe()
+    big = replace(rec, stages={**rec.stages, "superres": replace(rec.stages["superres"], image_size=32)})
+    _run(tmp_path, "photo-autoencoder", recipe=big)
+    written, recorder = _run(tmp_path, "superres", recipe=big)
+    assert any("superres: building the data pool" in line and "32 px" in line for line in recorder.lines), \
+        recorder.lines
+    model, _ = load(str(written["superres"]), task="superres", device="cpu", dtype="float32")
+    assert model.cfg.task == "superres"
+    (tmp_path / "superres.safetensors").unlink()
+    with pytest.raises(UsageError, match=r"image_size: 32 -> None"):
+        _run(tmp_path, "superres", recipe=rec, resume=True)
+
+
 def test_resume_on_another_encoder_is_refused(trained, tmp_path):
     from ldmcli.models.autoencoder import AutoencoderKL
     from ldmcli.train.autoencoder_stage import AUTOENCODER_FILE, DECODER_FILE, load_autoencoder, save_autoencoder

@@ -12,6 +12,7 @@ are.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -53,12 +54,20 @@ def photo(name: str, size: int) -> Image.Image:
     return centre_square(Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB"), size)
 
 
+@lru_cache(maxsize=1)
+def _motorcycle() -> Tuple[np.ndarray, np.ndarray]:
+    """The motorcycle stereo pair (left, right), read once: eight val pictures come from it."""
+    import skimage.data
+    left, right, _ = skimage.data.stereo_motorcycle()
+    return left, right
+
+
 def _val_source(name: str) -> Image.Image:
     """The full val picture `name` (VAL), RGB; the motorcycle views as their leftmost / rightmost square, or as the
     TILE-px square at x, y of a tile's name."""
     import skimage.data
     if name.startswith("motorcycle_"):
-        left, right, _ = skimage.data.stereo_motorcycle()
+        left, right = _motorcycle()
         view, *corner = name.split("_")[1:]
         img = Image.fromarray(left if view == "left" else right)
         if corner:

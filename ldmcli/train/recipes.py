@@ -92,6 +92,9 @@ class StageSettings:
     disc_start: int = 0
     leaves: Optional[int] = None   # photo stages: dead-leaves pictures in the pool (None: Recipe.photo_leaves)
     world: Optional[int] = None    # LDM stages: world scenes in the pool (None: Recipe.ldm_pool_size or pool_size)
+    # LDM stages: pixels a side of the pool's pictures (None: Recipe.image_size). A convolutional model (superres)
+    # may learn on larger pictures than its recipe's, where fewer latent cells touch the border than at 8x8
+    image_size: Optional[int] = None
     # LDM stages: the last `tail_steps` of `steps` run at the schedule's floor learning rate and may change what the
     # stage learns at its end (docs/RESULTS.md). `tail_top_share` of their examples draw t from the top `tail_top`
     # steps, and those examples' predicted z0 is decoded and its pixel MSE (weight `pixel_weight`) added to L_LDM:

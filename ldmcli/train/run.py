@@ -215,8 +215,9 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
         return path
     pool_size = s.world or rec.ldm_pool_size or rec.pool_size
     leaves = _leaves(task, opts, rec)
-    console.log(f"{task}: building the data pool ({pool_size} examples + {leaves} dead leaves, {rec.image_size} px)")
-    pool = data_pool(opts.data, rec.image_size, pool_size, opts.seed, task, dist.rank, dist.world,
+    size = s.image_size or rec.image_size
+    console.log(f"{task}: building the data pool ({pool_size} examples + {leaves} dead leaves, {size} px)")
+    pool = data_pool(opts.data, size, pool_size, opts.seed, task, dist.rank, dist.world,
                      _workers(opts, dist), rec.caption_variants, leaves)
     torch.manual_seed(seed)
     model = build_ldm(cfg, fs_sd).to(dist.device)
