@@ -14,7 +14,6 @@ model lacks or has in another shape are refused with one line (UsageError, exit 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import weakref
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ldmcli.errors import UsageError, close_matches, one_line
+from ldmcli.loading.registry import sha256_file
 
 SUFFIXES = (".safetensors", ".pt", ".ckpt")
 # A1111's extra-network tag: <lora:NAME> or <lora:NAME:WEIGHT> (later fields, e.g. A1111's unet multiplier, refused)
@@ -184,16 +184,15 @@ def _short_hash(path: str, mtime_ns: int, size: int) -> str:
     """A1111's LoRA hash (extensions-builtin/Lora/network.py): the `sshs_model_hash` of the file's metadata when
     present, else for .safetensors the "addnet" hash — SHA-256 of the bytes after the header, so editing the
     metadata keeps it — and for other files SHA-256 of the whole file; the first 12 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if path.endswith(".safetensors"):
+    start = 0
+    if path.endswith(".safetensors"):
+        with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             meta = _header_metadata(f.read(n))
-            if re.fullmatch(r"[0-9a-fA-F]{12,64}", meta.get("sshs_model_hash", "")):
-                return meta["sshs_model_hash"][:12].lower()
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+        if re.fullmatch(r"[0-9a-fA-F]{12,64}", meta.get("sshs_model_hash", "")):
+            return meta["sshs_model_hash"][:12].lower()
+        start = 8 + n
+    return sha256_file(Path(path), start)[:12]
 
 
 def _header_metadata(header: bytes) -> dict:

@@ -14,11 +14,12 @@ WEIGHTS_DIR = Path(os.environ.get("LDM_WEIGHTS_DIR", Path(__file__).resolve().pa
 REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks (checkpoints are gigabytes)."""
+def sha256_file(path: Path, start: int = 0) -> str:
+    """SHA-256 of a file's bytes from offset `start` on, read in 1 MiB chunks (checkpoints are gigabytes)."""
     import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        f.seek(start)
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
