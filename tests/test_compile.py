@@ -1,9 +1,9 @@
 """`--compile`: the compiled UNet gives the eager image (within float rounding) and leaves its cache on disk."""
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,8 +42,21 @@ def test_compiled_unet_draws_the_eager_image_and_caches(tmp_path, sd1_file, monk
     b = np.asarray(Image.open(tmp_path / "compiled.png"), dtype=np.int16)
     assert np.abs(a - b).max() <= 1          # fused kernels round differently; the picture is the same
     assert any((cache / "ldmcli" / "inductor").rglob("*")), "no compiled code cached"
-    # Inductor's precompiled C++ headers ignore TORCHINDUCTOR_CACHE_DIR (torch/_inductor/codecache.py, _HEADER_DIR):
-    # they go to <temp folder>/torchinductor_<user>, here the session's private one (conftest.py); a cache by
-    # design, removed so that the session-end check sees only what forgot to clean up
-    for headers in Path(tempfile.gettempdir()).glob("torchinductor_*"):
-        shutil.rmtree(headers)
+    # Inductor's precompiled C++ headers, which it would put in <temp folder>/torchinductor_<user> whatever
+    # TORCHINDUCTOR_CACHE_DIR says, are in the same cache
+    assert not list(Path(tempfile.gettempdir()).glob("torchinductor_*"))
+    assert any((cache / "ldmcli" / "inductor" / "precompiled_headers").glob("*.gch"))
+
+
+def test_compile_points_inductors_headers_into_its_cache(tmp_path, monkeypatch):
+    """Without a compilation: what compile_unet sets before the first step."""
+    codecache = pytest.importorskip("torch._inductor.codecache")
+    import torch
+    from ldmcli.loading.compiling import compile_unet
+    for name in ("_HEADER_DIR", "_HEADER_LOCK_DIR"):
+        monkeypatch.setattr(codecache, name, getattr(codecache, name))    # undone after the test
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "chosen"))
+    model = SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
+    assert compile_unet(model) == tmp_path / "chosen"
+    assert codecache._HEADER_DIR == str(tmp_path / "chosen" / "precompiled_headers")
+    assert codecache._HEADER_LOCK_DIR.startswith(codecache._HEADER_DIR)

@@ -4,7 +4,9 @@ The UNet is compiled in place (`nn.Module.compile`), so its parameter names — 
 as they are. The first denoising step of a process pays the compilation; Inductor's on-disk caches (FX graph and
 AOTAutograd) make later processes with the same shapes start from compiled code. Unless the user already chose a
 place with TORCHINDUCTOR_CACHE_DIR, the cache lives in ~/.cache/ldmcli/inductor ($XDG_CACHE_HOME respected), which
-outlives /tmp cleaning, unlike Inductor's own default.
+outlives /tmp cleaning, unlike Inductor's own default. Inductor's precompiled C++ headers (about 150 MB for the
+default model on CPU) ignore that variable and go to <temp folder>/torchinductor_<user>; they are pointed into the
+same cache, so `--compile` leaves nothing in /tmp.
 """
 from __future__ import annotations
 
@@ -28,5 +30,19 @@ def compile_unet(model) -> Path:
     where = cache_dir()
     where.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(where))
+    _headers_into(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]))
     model.model.diffusion_model.compile()
     return where
+
+
+def _headers_into(where: Path) -> None:
+    """Point Inductor's precompiled headers into `where`: torch/_inductor/codecache.py fixes their folder at import
+    (_HEADER_DIR, from the temp folder, not TORCHINDUCTOR_CACHE_DIR) and reads it each time it builds a header. A
+    PyTorch without that attribute keeps its own place."""
+    try:
+        from torch._inductor import codecache
+    except ImportError:
+        return
+    if hasattr(codecache, "_HEADER_DIR") and hasattr(codecache, "_HEADER_LOCK_DIR"):
+        codecache._HEADER_DIR = str(where / "precompiled_headers")
+        codecache._HEADER_LOCK_DIR = str(where / "precompiled_headers" / "locks")
