@@ -30,7 +30,7 @@ def compile_unet(model) -> Path:
     where = cache_dir()
     where.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(where))
-    _headers_into(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]))
+    _headers_into(where)
     model.model.diffusion_model.compile()
     return where
 
