@@ -1,6 +1,7 @@
 """`--compile`: the compiled UNet gives the eager image (within float rounding) and leaves its cache on disk."""
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,3 +61,16 @@ def test_compile_points_inductors_headers_into_its_cache(tmp_path, monkeypatch):
     assert compile_unet(model) == tmp_path / "chosen"
     assert codecache._HEADER_DIR == str(tmp_path / "chosen" / "precompiled_headers")
     assert codecache._HEADER_LOCK_DIR.startswith(codecache._HEADER_DIR)
+
+
+def test_an_empty_cache_variable_counts_as_unset(tmp_path, monkeypatch):
+    codecache = pytest.importorskip("torch._inductor.codecache")
+    import torch
+    from ldmcli.loading.compiling import compile_unet
+    for name in ("_HEADER_DIR", "_HEADER_LOCK_DIR"):
+        monkeypatch.setattr(codecache, name, getattr(codecache, name))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
+    where = compile_unet(SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2))))
+    assert where == tmp_path / "xdg" / "ldmcli" / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(where)      # Inductor would read "" as the working folder

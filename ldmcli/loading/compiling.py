@@ -29,7 +29,7 @@ def compile_unet(model) -> Path:
         raise UsageError("--compile needs PyTorch 2 or later")
     where = cache_dir()
     where.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(where))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where)     # an empty value counts as unset (cache_dir), not as "."
     _headers_into(where)
     model.model.diffusion_model.compile()
     return where
