@@ -66,6 +66,21 @@ def run(*args):
     return r.stdout.split()
 
 
+def test_a_batch_reads_each_embedding_file_once(tmp_path, common, emb, monkeypatch):
+    """The run's --embedding is read before the model loads and again for each job's prompt setup: through one
+    cache, so the file is read once (a folder naming the same file again adds nothing)."""
+    from ldmcli.cli import addons
+    from ldmcli.prompts import embeddings
+    reads = []
+    real = embeddings.load_embedding
+    monkeypatch.setattr(embeddings, "load_embedding", lambda path: reads.append(str(path)) or real(path))
+    addons._read_embedding.cache_clear()
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{}, {"seed": 6}, {"extra": {"clip_skip": 2}}])
+    run("txt2img", "--from-file", jobs, "--embedding", emb, "--embedding-dir", tmp_path, "-o", tmp_path / "b",
+        *common)
+    assert reads == [str(emb)]
+
+
 def test_clip_skip_and_embeddings_per_job_equal_separate_runs(tmp_path, common, emb, monkeypatch):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{}, {"extra": {"clip_skip": 2}}, {"extra": {"embeddings": [
         "sksdog.pt"]}}, {}, {"extra": {"embedding_dir": "."}}])   # relative: to the job file's folder

@@ -67,6 +67,13 @@ def embeddings_of(addons: Addons) -> list:
     return load_embeddings(dict.fromkeys(str(Path(p).resolve()) for p in paths), load=_cached_embedding)
 
 
+def run_embeddings(opts: dict) -> list:
+    """The run's --embedding files and --embedding-dir, read through the same per-file cache as the jobs' (so a
+    batch reads each file once, and a file named twice is one embedding, as in a job)."""
+    return embeddings_of(Addons(None, tuple(_absolute(f) for f in opts.get("embedding") or ()),
+                                _absolute(opts.get("embedding_dir")), None))
+
+
 def check_job_addons(job, opts: dict) -> None:
     """Before the model loads: a job that sets its own embeddings has them read (bad files refused); the run's
     own are read when the model loads (runner.load_model), the files' existence is validate.py's."""
@@ -85,4 +92,4 @@ def apply_job_addons(model, loaded, job, opts: dict):
     return dataclasses.replace(loaded, vae=addons.vae or "")
 
 
-__all__ = ["Addons", "apply_job_addons", "check_job_addons", "embeddings_of", "job_addons"]
+__all__ = ["Addons", "apply_job_addons", "check_job_addons", "embeddings_of", "job_addons", "run_embeddings"]
