@@ -49,28 +49,31 @@ def test_compiled_unet_draws_the_eager_image_and_caches(tmp_path, sd1_file, monk
     assert any((cache / "ldmcli" / "inductor" / "precompiled_headers").glob("*.gch"))
 
 
-def test_compile_points_inductors_headers_into_its_cache(tmp_path, monkeypatch):
-    """Without a compilation: what compile_unet sets before the first step."""
+@pytest.fixture
+def bare_unet(monkeypatch):
+    """A stand-in model whose UNet compiles lazily (no compilation runs), with Inductor's header folder restored
+    after the test."""
     codecache = pytest.importorskip("torch._inductor.codecache")
     import torch
-    from ldmcli.loading.compiling import compile_unet
     for name in ("_HEADER_DIR", "_HEADER_LOCK_DIR"):
         monkeypatch.setattr(codecache, name, getattr(codecache, name))    # undone after the test
+    return SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
+
+
+def test_compile_points_inductors_headers_into_its_cache(tmp_path, monkeypatch, bare_unet):
+    """Without a compilation: what compile_unet sets before the first step."""
+    from torch._inductor import codecache
+    from ldmcli.loading.compiling import compile_unet
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "chosen"))
-    model = SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
-    assert compile_unet(model) == tmp_path / "chosen"
+    assert compile_unet(bare_unet) == tmp_path / "chosen"
     assert codecache._HEADER_DIR == str(tmp_path / "chosen" / "precompiled_headers")
     assert codecache._HEADER_LOCK_DIR.startswith(codecache._HEADER_DIR)
 
 
-def test_an_empty_cache_variable_counts_as_unset(tmp_path, monkeypatch):
-    codecache = pytest.importorskip("torch._inductor.codecache")
-    import torch
+def test_an_empty_cache_variable_counts_as_unset(tmp_path, monkeypatch, bare_unet):
     from ldmcli.loading.compiling import compile_unet
-    for name in ("_HEADER_DIR", "_HEADER_LOCK_DIR"):
-        monkeypatch.setattr(codecache, name, getattr(codecache, name))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
-    where = compile_unet(SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2))))
+    where = compile_unet(bare_unet)
     assert where == tmp_path / "xdg" / "ldmcli" / "inductor"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(where)      # Inductor would read "" as the working folder

@@ -35,13 +35,21 @@ def _absolute(path) -> Optional[str]:
     return os.path.abspath(expand_user(path)) if path else None
 
 
+def run_addons(opts: dict) -> Addons:
+    """The run's own: --clip-skip, --embedding, --embedding-dir, --vae (its embeddings go through the jobs' per-file
+    cache too, so a batch reads each file once)."""
+    return Addons(opts.get("clip_skip"), tuple(_absolute(f) for f in opts.get("embedding") or ()),
+                  _absolute(opts.get("embedding_dir")), _absolute(opts.get("vae")))
+
+
 def job_addons(job, opts: dict) -> Addons:
     """The job's clip skip, embedding files and folder, and VAE: its own where it sets them, else the run's."""
+    run = run_addons(opts)
     clip_skip, files, folder, vae = (_own(job, n) for n in ("clip_skip", "embeddings", "embedding_dir", "vae"))
-    return Addons(clip_skip if clip_skip is not None else opts.get("clip_skip"),
-                  tuple(_absolute(f) for f in (files if files is not None else opts.get("embedding") or ())),
-                  _absolute(folder if folder is not None else opts.get("embedding_dir")),
-                  _absolute(vae if vae is not None else opts.get("vae")))
+    return Addons(clip_skip if clip_skip is not None else run.clip_skip,
+                  tuple(_absolute(f) for f in files) if files is not None else run.embeddings,
+                  _absolute(folder) if folder is not None else run.embedding_dir,
+                  _absolute(vae) if vae is not None else run.vae)
 
 
 @lru_cache(maxsize=64)
@@ -67,13 +75,6 @@ def embeddings_of(addons: Addons) -> list:
     return load_embeddings(dict.fromkeys(str(Path(p).resolve()) for p in paths), load=_cached_embedding)
 
 
-def run_embeddings(opts: dict) -> list:
-    """The run's --embedding files and --embedding-dir, read through the same per-file cache as the jobs' (so a
-    batch reads each file once, and a file named twice is one embedding, as in a job)."""
-    return embeddings_of(Addons(None, tuple(_absolute(f) for f in opts.get("embedding") or ()),
-                                _absolute(opts.get("embedding_dir")), None))
-
-
 def check_job_addons(job, opts: dict) -> None:
     """Before the model loads: a job that sets its own embeddings has them read (bad files refused); the run's
     own are read when the model loads (runner.load_model), the files' existence is validate.py's."""
@@ -92,4 +93,4 @@ def apply_job_addons(model, loaded, job, opts: dict):
     return dataclasses.replace(loaded, vae=addons.vae or "")
 
 
-__all__ = ["Addons", "apply_job_addons", "check_job_addons", "embeddings_of", "job_addons", "run_embeddings"]
+__all__ = ["Addons", "apply_job_addons", "check_job_addons", "embeddings_of", "job_addons", "run_addons"]

@@ -201,9 +201,9 @@ def load_model(task, opts, console, rank):
     import dataclasses
     from ldmcli.io.paths import expand_user
     from ldmcli.loading import load
-    from ldmcli.cli.addons import run_embeddings
+    from ldmcli.cli.addons import embeddings_of, run_addons
     # embeddings are read (and bad files refused) before the model loads; their width is checked against it after
-    embeddings = run_embeddings(opts)
+    embeddings = embeddings_of(run_addons(opts))
     t0 = time.perf_counter()
     model, info = load(opts.get("ckpt"), task=task, config=opts.get("config"), device=opts.get("device") or "auto",
                        dtype=opts.get("dtype") or "auto", use_ema=opts.get("ema"),
