@@ -3,11 +3,14 @@
     python -m benchmarks.bench --cpu                       # SD1.5 at 512², bfloat16 and float32
     python -m benchmarks.bench --cpu --dtypes bfloat16 --repeats 3
 
-Both sides hold the same random weights (benchmarks/bench.py `build`) and run alternately in one process, each in
-the layout ldmcli picks for the dtype (`loading.prepare_for_cpu`: channels-last for bf16) and, as the column
-`_contiguous`, in the plain layout, so the table shows what the layout buys. Each record carries seconds per call
-(median), the ratio diffusers/ldmcli, GFLOP/s from torch's flop counter, and the max/mean abs difference of the two
-sides' outputs (UNet ε and decoded image), so speed never comes from skipping work.
+Both sides hold the same random weights (benchmarks/bench.py `build`) and run interleaved in one process (`_rounds`:
+each round calls every side once, in an order that rotates), each in the layout ldmcli picks for the dtype
+(`loading.prepare_for_cpu`: channels-last for bf16) and, as the column `_contiguous`, in the plain layout, so the
+table shows what the layout buys. Each record carries seconds per call (median over the rounds, and the fastest),
+the ratio diffusers/ldmcli (the median of the rounds' own ratios), GFLOP/s from torch's flop counter, and the max/mean
+abs difference of the two sides' outputs (UNet ε and decoded image), so speed never comes from skipping work.
+Interleaving matters on shared hosts: on one, the same bf16 matmul swung between 620 and 1620 GFLOP/s for seconds at
+a time, so sides timed one after the other could differ by a factor of two that was not theirs.
 
 OpenVINO (not a dependency) is timed when installed: our own modules, converted with `openvino.convert_model` from a
 float32 copy holding exactly the weights our side runs (for bf16, the bf16-rounded values) and compiled for the CPU
@@ -36,14 +39,25 @@ _TINY = presets.SD1.with_(
     cond_stage=C.CLIPTextConfig(width=32, layers=1, heads=4, mlp_dim=64), latent_size=16)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()                                                   # warm-up: oneDNN primitive creation, allocator
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _rounds(fns: dict, repeats: int, clock=time.perf_counter) -> dict:
+    """{name: [seconds of each round]}: after one warm-up call each (oneDNN primitive creation, allocator),
+    `repeats` rounds that call every function once, the order rotating from round to round, so that a slow spell of
+    the host falls on the sides of a comparison alike and no side always runs first."""
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = clock()
+            fns[name]()
+            times[name].append(clock() - t0)
+    return times
+
+
+def _compare(times: dict, a: str, b: str) -> float:
+    """The median over the rounds of each round's a/b time ratio: what a slow spell of the host cancels out of."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def _flops(fn) -> float:
@@ -61,6 +75,11 @@ def _inputs(cfg: C.ModelConfig, dtype, seed: int = 1):
     ctx = torch.randn(2, 77, cfg.unet.context_dim, generator=g).to(dtype)
     z = torch.randn(1, cfg.latent_channels, s, s, generator=g).to(dtype)
     return x, torch.tensor([500, 500]), ctx, z
+
+
+def _seconds(s: float) -> float:
+    """Four significant digits: milliseconds would round a tiny model's call of a few ms to a wrong ratio."""
+    return float(f"{s:.4g}")
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple:
@@ -111,19 +130,22 @@ def _compiled(module: torch.nn.Module, call):
 
 
 def _peers(rec: dict, part: str, ours, gflop: float, repeats: int, make) -> None:
-    """Time the engine `make()` builds (its build and first call timed apart) against `ours`; fill rec[part_*]."""
+    """Time the engine `make()` builds (its build and first call timed apart) interleaved with `ours`; fill
+    rec[part_*]: medians, fastest calls, and ours/its time as the median of the rounds' ratios."""
     name, build = make
     t0 = time.perf_counter()
     fn = build()
     out = fn()
     rec[f"{part}_{name}_first_call_s"] = round(time.perf_counter() - t0, 1)
     rec[f"{part}_{name}_diff_max_mean"] = _diff(out, ours())
-    s = _median_seconds(fn, repeats)
-    rec[f"{part}_{name}_s"] = round(s, 3)
+    times = _rounds({"ours": ours, name: fn}, repeats)
+    s, ours_s = statistics.median(times[name]), statistics.median(times["ours"])
+    rec[f"{part}_{name}_s"] = _seconds(s)
+    rec[f"{part}_{name}_min_s"] = _seconds(min(times[name]))
     rec[f"{part}_{name}_gflops"] = round(gflop / s, 1)
-    ours_s = _median_seconds(ours, repeats)          # ours timed again right after it, on the same warm cores
-    rec[f"{part}_{name}_ours_s"] = round(ours_s, 3)
-    rec[f"{part}_ours_over_{name}"] = round(ours_s / s, 3)
+    rec[f"{part}_{name}_ours_s"] = _seconds(ours_s)
+    rec[f"{part}_{name}_ours_min_s"] = _seconds(min(times["ours"]))
+    rec[f"{part}_ours_over_{name}"] = round(_compare(times, "ours", name), 3)
     if name == "compiled":
         gain = ours_s - s
         rec[f"{part}_compiled_break_even_calls"] = round(rec[f"{part}_compiled_first_call_s"] / gain) if gain > 0 \
@@ -154,10 +176,14 @@ def bench_dtype(cfg: C.ModelConfig, dtype, repeats: int, compiled: bool = False)
                 _layout((unet, vae), model.dtype == torch.bfloat16)   # the peer in the same layout
             for part, ours, peer, gflop in (("unet", ours_unet, peer_unet, rec["unet_gflop"]),
                                             ("vae", ours_vae, peer_vae, rec["vae_gflop"])):
-                a, b = _median_seconds(ours, repeats), _median_seconds(peer, repeats)
+                times = _rounds({"ours": ours, "diffusers": peer}, repeats)
+                a, b = statistics.median(times["ours"]), statistics.median(times["diffusers"])
                 key = f"{part}_{layout}"
-                rec.update({f"{key}_ours_s": round(a, 3), f"{key}_diffusers_s": round(b, 3),
-                            f"{key}_speedup": round(b / a, 3), f"{key}_ours_gflops": round(gflop / a, 1)})
+                rec.update({f"{key}_ours_s": _seconds(a), f"{key}_diffusers_s": _seconds(b),
+                            f"{key}_ours_min_s": _seconds(min(times["ours"])),
+                            f"{key}_diffusers_min_s": _seconds(min(times["diffusers"])),
+                            f"{key}_speedup": round(_compare(times, "diffusers", "ours"), 3),
+                            f"{key}_ours_gflops": round(gflop / a, 1)})
         unet_module, decode_module = model.model.diffusion_model, _Decode(model.first_stage_model)
         for part, ours, module, example, call, gflop in (
                 ("unet", ours_unet, unet_module, (x, t, ctx), lambda m: m(x, t, context=ctx), rec["unet_gflop"]),

@@ -32,11 +32,37 @@ def test_bench_tiny_mode_runs_and_checks_correctness(capsys):
     assert len(lines) == len(records)
 
 
+def test_cpu_mode_interleaves_the_sides_and_rotates_who_goes_first():
+    from benchmarks.cpu import _rounds
+    calls = []
+    times = _rounds({"ours": lambda: calls.append("ours"), "peer": lambda: calls.append("peer")}, repeats=3)
+    assert calls == ["ours", "peer"] + ["ours", "peer"] + ["peer", "ours"] + ["ours", "peer"]   # warm-up, 3 rounds
+    assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_a_slow_spell_of_the_host_falls_on_both_sides_of_a_ratio():
+    """A host that runs every other round three times slower: each side's median time moves, but the ratio, the
+    median of the rounds' own ratios, stays what the two sides cost (peer twice ours)."""
+    from benchmarks.cpu import _compare, _rounds
+    now, calls = [0.0], [0]
+
+    def cost(units):
+        def run():
+            slow = 3.0 if (calls[0] // 2) % 2 else 1.0      # rounds of two calls, after a warm-up of two
+            now[0] += units * slow
+            calls[0] += 1
+        return run
+    times = _rounds({"ours": cost(1.0), "peer": cost(2.0)}, repeats=5, clock=lambda: now[0])
+    assert times["ours"] == [3.0, 1.0, 3.0, 1.0, 3.0] and times["peer"] == [6.0, 2.0, 6.0, 2.0, 6.0]
+    assert _compare(times, "peer", "ours") == 2.0
+
+
 def _check_engine(rec: dict, part: str, name: str, tol: float) -> None:
     assert rec[f"{part}_{name}_s"] > 0 and rec[f"{part}_{name}_first_call_s"] >= 0
-    # both times are rounded to the millisecond in the record; the ratio is taken before rounding
+    # one round: its ratio is the ratio of the two times, which the record keeps to four digits
     assert rec[f"{part}_ours_over_{name}"] == pytest.approx(rec[f"{part}_{name}_ours_s"] / rec[f"{part}_{name}_s"],
-                                                            rel=0.1, abs=0.01)
+                                                            rel=0.01, abs=1e-3)
+    assert 0 < rec[f"{part}_{name}_min_s"] <= rec[f"{part}_{name}_s"]
     assert rec[f"{part}_{name}_diff_max_mean"][0] <= tol, rec   # the same work: outputs agree
 
 
