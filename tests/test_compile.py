@@ -77,3 +77,18 @@ def test_an_empty_cache_variable_counts_as_unset(tmp_path, monkeypatch, bare_une
     where = compile_unet(bare_unet)
     assert where == tmp_path / "xdg" / "ldmcli" / "inductor"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(where)      # Inductor would read "" as the working folder
+
+
+def test_compile_freezes_the_weights_on_the_cpu_when_asked(tmp_path, monkeypatch, bare_unet):
+    """freeze=True compiles with Inductor's freezing on the CPU, and marks the model; elsewhere (here: the meta
+    device, standing in for a GPU) and without freeze=True, the default mode."""
+    import torch
+    from ldmcli.loading.compiling import compile_unet
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    for device, freeze, frozen in (("cpu", True, True), ("cpu", False, False), ("meta", True, False)):
+        asked = []
+        bare_unet.model.diffusion_model = torch.nn.Linear(2, 2, device=device)
+        bare_unet.model.diffusion_model.compile = lambda **kw: asked.append(kw)   # records, compiles nothing
+        compile_unet(bare_unet, freeze=freeze)
+        assert bare_unet.frozen_unet is frozen
+        assert asked == [{"options": {"freezing": True} if frozen else None}]

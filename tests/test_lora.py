@@ -298,3 +298,35 @@ def test_cli_refusals_exit_2_in_one_line_before_sampling(tmp_path, sd1_file):
         r = ldm("txt2img", "a <lora:nope>" if "--lora-dir" in args else "a", *args, *common)
         assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not list(tmp_path.glob("*.png"))
+
+
+# ---- --compile: a UNet whose weights are frozen into compiled code takes no LoRA -------------------------------------
+def test_a_unet_frozen_into_compiled_code_refuses_a_lora(tmp_path, style):
+    model = tiny_model(SD1_TINY, seed=2)
+    model.frozen_unet = True                      # what compile_unet(model, freeze=True) sets on the CPU
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_loras(model, [])                        # no LoRA: nothing to refuse
+    with pytest.raises(UsageError, match="frozen"):
+        apply_loras(model, [parse_spec(style)])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("lora_job", [False, True])
+def test_compile_freezes_the_weights_only_in_runs_without_loras(tmp_path, sd1_file, style, monkeypatch, lora_job):
+    """The runner asks compile_unet to freeze the UNet's weights unless some job of the run merges a LoRA into them
+    (a stand-in records the request; nothing is compiled)."""
+    from ldmcli.loading import compiling
+    asked = []
+
+    def record(model, freeze=False):
+        asked.append(freeze)
+        model.frozen_unet = freeze
+        return tmp_path
+    monkeypatch.setattr(compiling, "compile_unet", record)
+    jobs = tmp_path / "jobs.jsonl"
+    extra = [{"extra": {"lora": [f"{style}:0.9"]}}] if lora_job else []
+    jobs.write_text("\n".join(json.dumps(dict(prompt="a cat", **j)) for j in [{}] + extra))
+    result = ldm("txt2img", "--from-file", jobs, "-o", tmp_path / "out", "--ckpt", sd1_file, "--steps", 1, "-q",
+                 "--compile")
+    assert result.exit_code == 0, result.stderr
+    assert asked == [not lora_job]

@@ -101,8 +101,9 @@ LoraDir = Annotated[Optional[str], typer.Option("--lora-dir", metavar="DIR", hel
                                                "prompt tags find NAME.safetensors (A1111 syntax; subfolders "
                                                "searched).")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the first step of a run pays the "
-                                       "compilation (cached across runs in ~/.cache/ldmcli/inductor); pays off "
-                                       "on GPUs and long batches.")]
+                                       "compilation (cached across runs in ~/.cache/ldmcli/inductor); on the CPU "
+                                       "the weights are frozen into it unless a job uses a LoRA. Pays off over "
+                                       "long batches of large models.")]
 
 
 

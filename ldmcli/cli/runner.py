@@ -122,6 +122,13 @@ def run_task(task: str, positional: dict, opts: dict) -> int:
             console.log(f"all {len(jobs)} job(s) already done (use --overwrite to redo)")
         return _exit_code(failures, attempted)
     model, loaded = load_model(task, opts, console, rank)
+    if opts.get("compile"):
+        from ldmcli.loading.compiling import compile_unet
+        from ldmcli.loading.lora import takes_loras
+        # the UNet's weights are frozen into the compiled code (CPU) only where no job merges a LoRA into them
+        where = compile_unet(model, freeze=not takes_loras([job for _, job, _ in ready], opts))
+        console.log(f"compiling the UNet with torch.compile on its first step"
+                    f"{' (weights frozen)' if model.frozen_unet else ''} (cache: {where})")
     from ldmcli.cli.validate import job_size_warning
     from ldmcli.loading import cpu_threads
     warned = set()      # each size warning once a run, not once a job
@@ -215,10 +222,6 @@ def load_model(task, opts, console, rank):
     if embeddings or opts.get("clip_skip") is not None:
         from ldmcli.prompts import configure
         configure(model, embeddings=embeddings, clip_skip=opts.get("clip_skip"))
-    if opts.get("compile"):
-        from ldmcli.loading.compiling import compile_unet
-        where = compile_unet(model)
-        console.log(f"compiling the UNet with torch.compile on its first step (cache: {where})")
     console.log(f"loaded {info.family} from {Path(info.path).name} in {time.perf_counter() - t0:.2f}s "
                 f"({'EMA' if info.ema else 'plain'} weights, {model.device}, {str(model.dtype)[6:]})")
     if info.unexpected:

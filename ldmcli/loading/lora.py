@@ -290,6 +290,9 @@ def apply_loras(model, specs: Sequence[Spec]) -> None:
     state = _STATE.setdefault(model, _Merged())
     if state.key == key:
         return
+    if getattr(model, "frozen_unet", False):
+        raise UsageError("the UNet was compiled with its weights frozen into the compiled code: a LoRA merged now "
+                         "would not reach it; compile without freezing to use LoRAs")
     restore(model)
     plan = _plan(model, [(Path(s.path).name, read_lora(s.path), s.weight) for s in specs])
     params = dict(model.named_parameters())
@@ -302,6 +305,11 @@ def apply_loras(model, specs: Sequence[Spec]) -> None:
             delta = (up.flatten(1) @ down.flatten(1)).reshape(w.shape)     # (out, in·kh·kw) → the weight's shape
             w.copy_((w.float() + (weight * layer.scale) * delta).to(w.dtype))
     state.key = key
+
+
+def takes_loras(jobs, opts: dict) -> bool:
+    """Whether any of `jobs` merges a LoRA (its `lora` option or its prompt's tags)."""
+    return any(job_specs(job, opts)[1] for job in jobs)
 
 
 def apply_job_loras(model, job, opts: dict):
@@ -321,4 +329,4 @@ def apply_job_loras(model, job, opts: dict):
 
 
 __all__ = ["Spec", "absolute_specs", "apply_job_loras", "apply_loras", "check_job_loras", "extract_lora_tags",
-           "find_in_dir", "group_keys", "job_specs", "lora_hash", "parse_spec", "read_lora", "restore"]
+           "find_in_dir", "group_keys", "job_specs", "lora_hash", "parse_spec", "read_lora", "restore", "takes_loras"]
