@@ -291,8 +291,8 @@ def apply_loras(model, specs: Sequence[Spec]) -> None:
     if state.key == key:
         return
     if getattr(model, "frozen_unet", False):
-        raise UsageError("the UNet was compiled with its weights frozen into the compiled code: a LoRA merged now "
-                         "would not reach it; compile without freezing to use LoRAs")
+        raise UsageError("the UNet was compiled with its weights frozen into the compiled code, which a LoRA "
+                         "merged now would not reach: compile it with compile_unet(model, freeze=False) to use LoRAs")
     restore(model)
     plan = _plan(model, [(Path(s.path).name, read_lora(s.path), s.weight) for s in specs])
     params = dict(model.named_parameters())
