@@ -118,15 +118,10 @@ def _openvino(module: torch.nn.Module, example: tuple, dtype):
 
 
 def _compiled(module: torch.nn.Module, call):
-    """`call` on `module` under torch.compile with Inductor's freezing (inference only), the setting patched for
-    these calls alone (it would freeze the weights of every later compile in the process)."""
-    import torch._inductor.config as inductor
-    fast = torch.compile(module)
-
-    def run():
-        with inductor.patch(freezing=True):
-            return call(fast)
-    return run
+    """`call` on `module` under torch.compile with Inductor's freezing, the option `ldm --compile` passes on the CPU
+    (loading/compiling.py), given to this compile alone."""
+    fast = torch.compile(module, options={"freezing": True})
+    return lambda: call(fast)
 
 
 def _peers(rec: dict, part: str, ours, gflop: float, repeats: int, make) -> None:
