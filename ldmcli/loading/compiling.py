@@ -27,9 +27,9 @@ def cache_dir() -> Path:
 
 
 def compile_unet(model, freeze: bool = False) -> Path:
-    """Compile `model.model.diffusion_model` in place (default mode); returns the compile cache directory.
-    freeze: the caller will not change the UNet's weights from its first step on; on the CPU they are then frozen
-    into the compiled code (the model's `frozen_unet` says so)."""
+    """Compile `model.model.diffusion_model` in place; returns the compile cache directory. Inductor's default mode,
+    unless `freeze`: the caller will not change the UNet's weights from its first step on, and on the CPU they are
+    then frozen into the compiled code (the model's `frozen_unet` says so)."""
     import torch
     from ldmcli.errors import UsageError
     if not hasattr(torch, "compile"):
