@@ -293,5 +293,12 @@ _add_train()
 
 
 def main() -> None:
-    """The `ldm` entry point."""
-    app()
+    """The `ldm` entry point (the script and `python -m ldmcli`): the app, then the process ends as
+    ldmcli/cli/process.py says. Call `app()` instead to get the SystemExit."""
+    from ldmcli.cli.process import Process, end
+    Process.is_ldm = True
+    try:
+        app()
+    except SystemExit as e:
+        end(e.code)
+    end(0)

@@ -205,6 +205,12 @@ def _exit_code(failures: list, n: int) -> int:
 
 
 def load_model(task, opts, console, rank):
+    from ldmcli.cli.process import collection_paused
+    with collection_paused():           # torch's import and the model: see ldmcli/cli/process.py
+        return _load_model(task, opts, console, rank)
+
+
+def _load_model(task, opts, console, rank):
     import dataclasses
     from ldmcli.io.paths import expand_user
     from ldmcli.loading import load
