@@ -217,6 +217,7 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
           ckpt: Annotated[Optional[List[str]], typer.Option("--ckpt", help="TASK=PATH (repeatable): evaluate this "
                                                             "checkpoint instead of the embedded default.")] = None,
           steps: Steps = None, scale: Scale = None, eta: Eta = None, seed: Seed = 0, device: Device = "auto",
+          dtype: Dtype = "auto",
           detail: Annotated[Optional[float], typer.Option("--detail", min=0, max=1, help="superres's share of "
                                                           "the model's detail (default: the model's).")] = None,
           ensemble: Annotated[Optional[int], typer.Option("--ensemble", min=1, max=8, help="superres's views "
@@ -255,11 +256,11 @@ def eval_(task: Annotated[Optional[List[str]], typer.Option("--task", help="all,
         start = time.perf_counter()
         with bars:
             results = E.evaluate(tasks, n, paths, device, seed, steps, save, progress, samples, split, scale, eta,
-                                 detail, ensemble)
+                                 detail, ensemble, dtype)
         if json:
             typer.echo(json_lib.dumps(E.json_report(results, ckpts=paths, n=n, samples=samples, seed=seed,
                                                     steps=steps, scale=scale, eta=eta, detail=detail, ensemble=ensemble,
-                                                    split=split,
+                                                    split=split, dtype=dtype,
                                                     seconds=round(time.perf_counter() - start, 2))))
         else:
             typer.echo(E.format_table(results))

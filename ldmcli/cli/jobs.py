@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ldmcli.cli.outputs import SEED_LIMIT
-from ldmcli.errors import InputError, UsageError, close_matches, one_line
+from ldmcli.errors import InputError, LdmError, UsageError, close_matches, one_line
 from ldmcli.io.paths import expand_user
 from ldmcli.tasks import ADDON_FILES, TASKS
 
@@ -245,6 +245,35 @@ def shard(jobs: list[Job], rank: int, world: int) -> list[tuple[int, Job]]:
 _NOT_IN_FINGERPRINT = {"out", "quiet", "json", "overwrite", "from_file", "device", "seed", "n_samples", "debug"}
 
 
+def declared_pixels(task: str, job: Job) -> int:
+    """Pixels of one output image as the job declares them: its height and width, else its input picture's
+    (superres: 16x, its 4x in each direction); 0 where only the model knows (its default size), or the input is a
+    pipe or cannot be read (refused later, in its place)."""
+    if job.height or job.width:
+        return (job.height or job.width) * (job.width or job.height)
+    source = job.image or job.segmap
+    if not source:
+        return 0
+    from ldmcli.io.images import image_size
+    try:
+        size = image_size(source)
+    except LdmError:
+        return 0
+    return 0 if size is None else size[0] * size[1] * (16 if task == "superres" else 1)
+
+
+def large_image_bf16(task: str, job: Job, opts: dict) -> bool:
+    """Whether the job's images are made in bfloat16 by a small model under --dtype auto (sampling/precision.py):
+    the job's fingerprint names it, and the runner runs it so."""
+    if (opts.get("dtype") or "auto") != "auto":
+        return False
+    from ldmcli.sampling.precision import BF16_FROM_PIXELS
+    if declared_pixels(task, job) < BF16_FROM_PIXELS:
+        return False
+    from ldmcli.loading import auto_bf16_for_large_images
+    return auto_bf16_for_large_images(opts.get("device") or "auto", opts.get("ckpt"), task)
+
+
 def fingerprint(task: str, job: Job, opts: dict) -> str:
     """Six hex digits of SHA-256 over what decides a job's pixels: the task, the job's fields (prompt, inputs,
     steps, …) and the run's options (checkpoint, sampler, dtype, …). Outputs carry it in their names, so a
@@ -259,7 +288,8 @@ def fingerprint(task: str, job: Job, opts: dict) -> str:
     options = {k: v for k, v in sorted(opts.items()) if k not in _NOT_IN_FINGERPRINT and v is not None}
     if options.get("dtype", "auto") == "auto":   # auto means bf16 on CPUs with native bf16: name what runs, so a
         from ldmcli.loading import auto_dtype_is_bf16   # folder resumed elsewhere redoes it; fp32/fp16 keep theirs
-        if auto_dtype_is_bf16(opts.get("device") or "auto", opts.get("ckpt"), task):
+        if auto_dtype_is_bf16(opts.get("device") or "auto", opts.get("ckpt"), task) or large_image_bf16(task, job,
+                                                                                                   opts):
             options["dtype"] = "bfloat16"
     text = json.dumps([task, fields, options], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]

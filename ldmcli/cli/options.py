@@ -53,9 +53,9 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the batch's first ima
 NSamples = Annotated[int, typer.Option("--n-samples", "-n", min=1, help="Images per job.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA; on CPU bf16 for checkpoints of 100 MB "
-                                    "or more where the CPU has native bf16, else fp32), float32, float16, "
-                                    "bfloat16.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA; on CPU where it has native bf16: bf16 for "
+                                    "checkpoints of 100 MB or more, and for smaller ones images of 128x128 px "
+                                    "or more; else fp32), float32, float16, bfloat16.")]
 Out = Annotated[str, typer.Option("--out", "-o", help="Output directory, a .png file name, or - for stdout.")]
 Ema = Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="Run the EMA (or the plain) UNet weights of a "
                                              "checkpoint that has both (default: as the family's reference config "

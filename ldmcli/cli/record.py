@@ -20,6 +20,7 @@ def model_hash(path: str) -> str:
 
 def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
     """Everything needed to regenerate the image with `ldm replay`; `loaded` is the model's LoadRecord."""
+    from ldmcli.sampling.precision import dtype_name
     ckpt = loaded.path
     record = {
         "task": task, "prompt": job.prompt, "negative_prompt": job.negative_prompt,
@@ -35,7 +36,7 @@ def job_record(task, model, loaded, job, settings, seed, size, index) -> dict:
         "vae_hash": vae_hash(loaded.vae) if loaded.vae else None,
         "vae_path": str(Path(loaded.vae).resolve()) if loaded.vae else None,
         "prediction": model.cfg.parameterization, "job": index,
-        "dtype": str(model.dtype).replace("torch.", ""),     # what --dtype auto resolved to on this machine
+        "dtype": dtype_name(model),     # what --dtype auto resolved to on this machine, for this job's size
         "image": job.image, "mask": job.mask, "layout": job.layout, "segmap": job.segmap,
         "extra": job.extra, "fingerprint": job.tag, "ldmcli_version": _version(),
     }

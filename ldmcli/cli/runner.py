@@ -257,28 +257,31 @@ def _run_job(task, model, loaded, work, opts, paths, console, warn=lambda: None)
     a job refused for its size gets its one error line, not a warning about the size first."""
     from ldmcli.cli.addons import apply_job_addons
     from ldmcli.cli.inputs import run_job
+    from ldmcli.cli.jobs import large_image_bf16
     from ldmcli.cli.record import job_record
     from ldmcli.io.png import write_png_atomic, write_png_stdout
     from ldmcli.loading.lora import apply_job_loras
+    from ldmcli.sampling.precision import for_job
     index, job, seed, pending = work
     # the job's LoRAs merged (the previous job's restored first); `run` is the job with its <lora:...> tags cut out
     run, lora_fields = apply_job_loras(model, job, opts)
     loaded = apply_job_addons(model, loaded, job, opts)  # its clip skip, embeddings and VAE (the record's too)
     settings = _settings(opts, job, model.cfg)
     batch = max(1, int(opts.get("batch_size") or 1))
-    for start in range(0, len(pending), batch):
-        ks = pending[start:start + batch]
-        t0 = time.perf_counter()
-        bar = f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}"
-        with console.progress(_sampler_steps(task, run, settings), bar) as adv:
-            images = run_job(task, model, run, [seed + k for k in ks], settings, lambda *a: (warn(), adv()))
-        warn()
-        dt = (time.perf_counter() - t0) / len(ks)
-        for k, img in zip(ks, images):
-            record = job_record(task, model, loaded, job, settings, seed + k, img.size, index)
-            record.update(lora_fields)
-            if paths[(index, k)] == Path("-"):
-                write_png_stdout(img, record)
-                continue
-            path = write_png_atomic(img, paths[(index, k)], record)
-            _emit(opts, {"path": str(path), "seed": seed + k, "job": index, "seconds": round(dt, 3)}, console)
+    with for_job(model, large_image_bf16(task, job, opts)):   # the precision its fingerprint names
+        for start in range(0, len(pending), batch):
+            ks = pending[start:start + batch]
+            t0 = time.perf_counter()
+            bar = f"job {index + 1} images {ks[0] + 1}-{ks[-1] + 1}"
+            with console.progress(_sampler_steps(task, run, settings), bar) as adv:
+                images = run_job(task, model, run, [seed + k for k in ks], settings, lambda *a: (warn(), adv()))
+            warn()
+            dt = (time.perf_counter() - t0) / len(ks)
+            for k, img in zip(ks, images):
+                record = job_record(task, model, loaded, job, settings, seed + k, img.size, index)
+                record.update(lora_fields)
+                if paths[(index, k)] == Path("-"):
+                    write_png_stdout(img, record)
+                    continue
+                path = write_png_atomic(img, paths[(index, k)], record)
+                _emit(opts, {"path": str(path), "seed": seed + k, "job": index, "seconds": round(dt, 3)}, console)

@@ -132,7 +132,7 @@ def evaluate_model(task: str, model, n: int = DEFAULT_N, seed: int = 0, steps: O
 def evaluate_photos(paths: Dict[str, Path], device: str, seed: int = 0, steps: Optional[int] = None,
                     progress: Optional[Progress] = None, scale: Optional[float] = None,
                     eta: Optional[float] = None, split: str = "eval",
-                    sr_options: Optional[dict] = None) -> Dict[str, float]:
+                    sr_options: Optional[dict] = None, dtype: str = "auto") -> Dict[str, float]:
     """The photo rows (eval/photos.py): superres and its first stage, then inpaint, on scikit-image's photos (of
     `split`: eval, the photos the targets are for, or val, other pictures to tune on)."""
     from ldmcli.eval import photos as P
@@ -140,10 +140,10 @@ def evaluate_photos(paths: Dict[str, Path], device: str, seed: int = 0, steps: O
     from ldmcli.sampling.settings import SamplerSettings
     settings = SamplerSettings(steps=steps, guidance_scale=scale, eta=eta)
     start = time.perf_counter()
-    model, _ = load(str(paths[f"{PHOTO_ROWS}:superres"]), task="superres", device=device)
+    model, _ = load(str(paths[f"{PHOTO_ROWS}:superres"]), task="superres", device=device, dtype=dtype)
     out = P.superres_rows(model, seed, settings, progress, split, sr_options) | P.autoencoder_rows(model, split=split)
     del model
-    model, _ = load(str(paths[f"{PHOTO_ROWS}:inpaint"]), task="inpaint", device=device)
+    model, _ = load(str(paths[f"{PHOTO_ROWS}:inpaint"]), task="inpaint", device=device, dtype=dtype)
     out |= P.inpaint_rows(model, seed, settings, progress, split)
     count = len(P.PHOTOS if split == "eval" else P.VAL)
     return {"n_photos": float(count)} | out | {"seconds": time.perf_counter() - start}
@@ -154,11 +154,13 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
              device: str = "cpu", seed: int = 0, steps: Optional[int] = None, save_dir=None,
              progress: Optional[Progress] = None, samples: int = SAMPLES, split: str = "eval",
              scale: Optional[float] = None, eta: Optional[float] = None,
-             detail: Optional[float] = None, ensemble: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+             detail: Optional[float] = None, ensemble: Optional[int] = None,
+             dtype: str = "auto") -> Dict[str, Dict[str, float]]:
     """{task: {metric: value}} for each task's model: `ckpts[task]` (a path or registry name) or the embedded
     default. Every checkpoint is resolved before the first model loads. steps, scale, eta, detail and ensemble
     (superres's detail share and views) None: each model's default. split: eval (the held-out split and photos the
-    targets are for) or val (other scenes and pictures, for tuning those settings)."""
+    targets are for) or val (other scenes and pictures, for tuning those settings). dtype: as `ldm --dtype`
+    (auto: what the CLI would run; float32: the exact path)."""
     from ldmcli.loading import load
     tasks = parse_tasks(tasks)
     check_split(split)  # before any model loads
@@ -176,10 +178,11 @@ def evaluate(tasks: Sequence[str] = ("all",), n: int = DEFAULT_N, ckpts: Optiona
             model = first_stage_model(paths[task], device)
             results[task] = autoencoder_ceiling(model, n, progress, split=split)
         elif task == PHOTO_ROWS:
-            results[task] = evaluate_photos(paths, device, seed, steps, progress, scale, eta, split, sr_options)
+            results[task] = evaluate_photos(paths, device, seed, steps, progress, scale, eta, split, sr_options,
+                                            dtype)
             continue
         else:
-            model, _ = load(str(paths[task]), task=task, device=device)
+            model, _ = load(str(paths[task]), task=task, device=device, dtype=dtype)
             results[task] = evaluate_model(task, model, n, seed, steps, samples, save_dir, progress, split, scale,
                                            eta, sr_options)
         del model

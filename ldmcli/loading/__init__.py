@@ -67,11 +67,23 @@ def pick_dtype(dtype: str, device, weights_bytes: Optional[int] = None):
 def auto_dtype_is_bf16(device: str = "auto", ckpt: Optional[str] = None, task: str = "txt2img") -> bool:
     """Whether `load` turns --dtype auto into bfloat16 for this device and checkpoint. The cheap checks come first,
     so torch is imported (to see whether "auto" means CUDA) only when the answer depends on it."""
+    return _auto_bf16(device, ckpt, task, small=False)
+
+
+def auto_bf16_for_large_images(device: str = "auto", ckpt: Optional[str] = None, task: str = "txt2img") -> bool:
+    """Whether --dtype auto keeps this small checkpoint float32 on this device but makes its large images in
+    bfloat16 (sampling/precision.py); as cheap as `auto_dtype_is_bf16`."""
+    return _auto_bf16(device, ckpt, task, small=True)
+
+
+def _auto_bf16(device: str, ckpt: Optional[str], task: str, small: bool) -> bool:
     try:
         size = _file_bytes(resolve_ckpt(ckpt, task))
     except UsageError:
         return False
-    if (size is not None and size < SMALL_MODEL_BYTES) or not cpu_has_native_bf16() or device.startswith("cuda"):
+    if small != (size is not None and size < SMALL_MODEL_BYTES) or not cpu_has_native_bf16():
+        return False
+    if device.startswith("cuda"):
         return False
     try:
         return pick_device(device).type == "cpu"
@@ -136,6 +148,7 @@ def load(ckpt: Optional[str] = None, *, task: str = "txt2img", config=None, devi
     vae: a standalone first-stage file (loading/vae.py) that replaces the checkpoint's.
     Returns (LatentDiffusion, LoadRecord): the record holds the file read, the family, EMA, device and dtype.
     """
+    import torch
     from ldmcli.loading.checkpoint import load_model
     dev = pick_device(device)
     if prediction not in (None, "eps", "v"):
@@ -152,6 +165,8 @@ def load(ckpt: Optional[str] = None, *, task: str = "txt2img", config=None, devi
         apply_vae(model, vae_path)
         record = dataclasses.replace(record, vae=str(vae_path))
     prepare_for_cpu(model)      # after --vae, which replaces first-stage tensors
+    # small under auto on a CPU with native bf16: float32, but its large images in bf16 (sampling/precision.py)
+    model.bf16_work = dtype == "auto" and dev.type == "cpu" and dt == torch.float32 and cpu_has_native_bf16()
     return model, record
 
 

@@ -18,6 +18,7 @@ import torch
 
 from ldmcli.errors import LdmError
 from ldmcli.sampling import memory
+from ldmcli.sampling.precision import runs_bf16, work_precision
 from ldmcli.sampling.settings import SamplerSettings
 from ldmcli.sampling.tiling import Tiling, decode_tiled, tiled
 
@@ -83,7 +84,8 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
             return x0.to(x_T).expand_as(x_T).clone()
         a = grid.alphas[0].item()
         x_T = a ** 0.5 * x0.to(x_T) + (1 - a) ** 0.5 * x_T
-    with torch.inference_mode():
+    f = model.cfg.first_stage.downsample_factor
+    with torch.inference_mode(), work_precision(model, model.model, shape[-2] * shape[-1] * f * f):
         return sample(s.sampler, eps, x_T, grid, eta=s.eta, noise=noise, callback=callback)
 
 
@@ -96,16 +98,25 @@ def decode(model, z: torch.Tensor, tiling: Optional[Tiling] = None):
     - out of memory (or a one-piece decode the memory estimate says cannot fit): overlapping latent tiles
       (`tiling.decode_tiled`), halving the tile while memory still runs out;
     - NaN/Inf pixels from a float16/bfloat16 first stage (its activations overflow): the first stage is cast to
-      float32 for good, so later images decode in float32 directly, and the latents are decoded again.
+      float32 for good, so later images decode in float32 directly, and the latents are decoded again; likewise
+      from a float32 first stage run in bfloat16 for a large image (sampling/precision.py), which then stops.
     Non-finite latents, or NaN/Inf pixels from a float32 decode, are an LdmError (no garbage image is written).
     """
     from ldmcli.io.images import tensor_to_pil
     z = z.to(model.device)
+    f = model.cfg.first_stage.downsample_factor
     if not bool(torch.isfinite(z).all()):
-        hint = "broken UNet weights?" if model.dtype == torch.float32 else "overflow? try --dtype float32"
+        exact = model.dtype == torch.float32 and not runs_bf16(model, z.shape[-2] * z.shape[-1] * f * f)
+        hint = "broken UNet weights?" if exact else "overflow? try --dtype float32"
         raise LdmError(f"the sampled latents hold NaN/Inf values ({hint})")
-    x = _decode_fitting(model, z, tiling)
     fs = model.first_stage_model
+    with work_precision(model, fs, z.shape[-2] * z.shape[-1] * f * f) as bf16_work:
+        x = _decode_fitting(model, z, tiling)
+    if bf16_work and not bool(torch.isfinite(x).all()):
+        _warn_once(model, "bf16-work", "the first stage decoded NaN/Inf pixels in bfloat16; large images decode "
+                                       "in float32 from now on")
+        model.bf16_work = False
+        x = _decode_fitting(model, z, tiling)
     dtype = next(fs.parameters()).dtype
     if not bool(torch.isfinite(x).all()) and dtype != torch.float32:
         _warn_once(model, "fp32", f"the {str(dtype)[6:]} first stage decoded NaN/Inf pixels; decoding in float32 "
