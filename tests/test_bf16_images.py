@@ -125,6 +125,18 @@ def test_the_job_record_and_fingerprint_name_what_ran(native, monkeypatch, sd1_f
     assert fingerprint("txt2img", large, opts) != prints[LARGE_SIDE]     # a folder resumed elsewhere redoes it
 
 
+def test_a_compiled_unet_stays_float32(native, sd1_file):
+    from ldmcli.loading.compiling import compile_unet
+    large = Job(prompt="x", height=LARGE_SIDE, width=LARGE_SIDE)
+    opts = {"ckpt": str(sd1_file), "device": "cpu"}
+    assert large_image_bf16("txt2img", large, opts)
+    assert not large_image_bf16("txt2img", large, opts | {"compile": True})
+    model, _ = loading.load(str(sd1_file), device="cpu")
+    assert model.bf16_work
+    compile_unet(model)                       # lazy: nothing is compiled before the first call
+    assert not model.bf16_work
+
+
 def test_declared_pixels_come_from_the_size_or_the_input_picture(tmp_path):
     picture = tmp_path / "in.png"
     Image.new("RGB", (40, 30)).save(picture)

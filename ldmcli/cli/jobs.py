@@ -265,7 +265,7 @@ def declared_pixels(task: str, job: Job) -> int:
 def large_image_bf16(task: str, job: Job, opts: dict) -> bool:
     """Whether the job's images are made in bfloat16 by a small model under --dtype auto (sampling/precision.py):
     the job's fingerprint names it, and the runner runs it so."""
-    if (opts.get("dtype") or "auto") != "auto":
+    if (opts.get("dtype") or "auto") != "auto" or opts.get("compile"):   # --compile: float32 (compile_unet)
         return False
     from ldmcli.sampling.precision import BF16_FROM_PIXELS
     if declared_pixels(task, job) < BF16_FROM_PIXELS:

@@ -40,6 +40,7 @@ def compile_unet(model, freeze: bool = False) -> Path:
     _headers_into(where)
     unet = model.model.diffusion_model
     model.frozen_unet = freeze and next(unet.parameters()).device.type == "cpu"
+    model.bf16_work = False    # compiled as float32: autocast and another layout for large images would recompile it
     unet.compile(options={"freezing": True} if model.frozen_unet else None)
     return where
 
