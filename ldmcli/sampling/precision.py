@@ -8,7 +8,8 @@ the Intel host (2026-12-06; UNet call / decode, ms, float32 → bf16 autocast wi
 own size) the UNet is slower in bf16 (2.9 → 5.2). So from BF16_FROM_PIXELS output pixels an image is sampled and
 decoded under `torch.autocast` to bfloat16: the weights stay float32 (cast per operation, so nothing is lost when
 the next image is small), normalisations and the sampler's arithmetic stay float32, and the convolution layout is
-channels-last for the duration. docs/RESULTS.md ("bf16 for the large images of small models") has the speed and the eval figures.
+channels-last for the duration. docs/RESULTS.md ("bf16 for the large images of small models") has the speed and
+the eval figures.
 
 Who decides: `load` marks a model `bf16_work` (auto, CPU, native bf16, float32 because it is small). In the CLI the
 runner sets each job's choice (`bf16_job`) from the job's declared size, the same choice that the job's
