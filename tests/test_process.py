@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import ldmcli.loading
-from ldmcli.cli import process as quick_exit
+from ldmcli.cli import process
 from ldmcli.cli.app import app
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process ends")
@@ -114,7 +114,7 @@ def test_a_tracer_gets_the_normal_exit(tmp_path):
 def test_inductor_or_a_child_process_keep_the_normal_exit(monkeypatch):
     if sys.gettrace() is not None or sys.getprofile() is not None:
         pytest.skip("under a tracer the normal exit is always kept")
-    monkeypatch.setattr(quick_exit.threading, "enumerate", lambda: [quick_exit.threading.main_thread()])
+    monkeypatch.setattr(process.threading, "enumerate", lambda: [process.threading.main_thread()])
 
     class Children:
         found: list = []
@@ -124,15 +124,15 @@ def test_inductor_or_a_child_process_keep_the_normal_exit(monkeypatch):
             return cls.found
     monkeypatch.setitem(sys.modules, "multiprocessing", Children)
     monkeypatch.delitem(sys.modules, "torch._inductor", raising=False)
-    assert quick_exit.can_end_now()
+    assert process.can_end_now()
     monkeypatch.setitem(sys.modules, "torch._inductor", object())   # compile workers and caches
-    assert not quick_exit.can_end_now()
+    assert not process.can_end_now()
     monkeypatch.delitem(sys.modules, "torch._inductor")
     Children.found = ["a child"]
-    assert not quick_exit.can_end_now()
+    assert not process.can_end_now()
 
 
 @pytest.mark.parametrize("code, status", [(None, 0), (0, 0), (3, 3), (130, 130), ("message", 1)])
 def test_exit_codes_are_those_of_sys_exit(code, status, capsys):
-    assert quick_exit.exit_code(code) == status
+    assert process.exit_code(code) == status
     assert capsys.readouterr().err == ("message\n" if code == "message" else "")

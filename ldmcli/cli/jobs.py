@@ -262,13 +262,19 @@ def declared_pixels(task: str, job: Job) -> int:
     return 0 if size is None else size[0] * size[1] * (16 if task == "superres" else 1)
 
 
+def declares_large_image(task: str, job: Job) -> bool:
+    """Whether the job's declared size reaches sampling/precision.py's BF16_FROM_PIXELS. The runner makes the job's
+    images in bf16 when this holds and its model is marked `bf16_work` (which `large_image_bf16` predicts)."""
+    from ldmcli.sampling.precision import BF16_FROM_PIXELS
+    return declared_pixels(task, job) >= BF16_FROM_PIXELS
+
+
 def large_image_bf16(task: str, job: Job, opts: dict) -> bool:
-    """Whether the job's images are made in bfloat16 by a small model under --dtype auto (sampling/precision.py):
-    the job's fingerprint names it, and the runner runs it so."""
+    """Whether the job's images are made in bfloat16 by a small model under --dtype auto (sampling/precision.py),
+    told before the model loads: the job's fingerprint names it."""
     if (opts.get("dtype") or "auto") != "auto" or opts.get("compile"):   # --compile: float32 (compile_unet)
         return False
-    from ldmcli.sampling.precision import BF16_FROM_PIXELS
-    if declared_pixels(task, job) < BF16_FROM_PIXELS:
+    if not declares_large_image(task, job):
         return False
     from ldmcli.loading import auto_bf16_for_large_images
     return auto_bf16_for_large_images(opts.get("device") or "auto", opts.get("ckpt"), task)

@@ -257,7 +257,7 @@ def _run_job(task, model, loaded, work, opts, paths, console, warn=lambda: None)
     a job refused for its size gets its one error line, not a warning about the size first."""
     from ldmcli.cli.addons import apply_job_addons
     from ldmcli.cli.inputs import run_job
-    from ldmcli.cli.jobs import large_image_bf16
+    from ldmcli.cli.jobs import declares_large_image
     from ldmcli.cli.record import job_record
     from ldmcli.io.png import write_png_atomic, write_png_stdout
     from ldmcli.loading.lora import apply_job_loras
@@ -268,7 +268,8 @@ def _run_job(task, model, loaded, work, opts, paths, console, warn=lambda: None)
     loaded = apply_job_addons(model, loaded, job, opts)  # its clip skip, embeddings and VAE (the record's too)
     settings = _settings(opts, job, model.cfg)
     batch = max(1, int(opts.get("batch_size") or 1))
-    with for_job(model, large_image_bf16(task, job, opts)):   # the precision its fingerprint names
+    # the precision its fingerprint names: the model's bf16_work says auto, a small checkpoint, native bf16, no compile
+    with for_job(model, declares_large_image(task, job)):
         for start in range(0, len(pending), batch):
             ks = pending[start:start + batch]
             t0 = time.perf_counter()

@@ -81,9 +81,8 @@ def _auto_bf16(device: str, ckpt: Optional[str], task: str, small: bool) -> bool
         size = _file_bytes(resolve_ckpt(ckpt, task))
     except UsageError:
         return False
-    if small != (size is not None and size < SMALL_MODEL_BYTES) or not cpu_has_native_bf16():
-        return False
-    if device.startswith("cuda"):
+    is_small = size is not None and size < SMALL_MODEL_BYTES
+    if small != is_small or not cpu_has_native_bf16() or device.startswith("cuda"):
         return False
     try:
         return pick_device(device).type == "cpu"

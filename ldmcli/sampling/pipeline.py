@@ -105,12 +105,13 @@ def decode(model, z: torch.Tensor, tiling: Optional[Tiling] = None):
     from ldmcli.io.images import tensor_to_pil
     z = z.to(model.device)
     f = model.cfg.first_stage.downsample_factor
+    pixels = z.shape[-2] * z.shape[-1] * f * f
     if not bool(torch.isfinite(z).all()):
-        exact = model.dtype == torch.float32 and not runs_bf16(model, z.shape[-2] * z.shape[-1] * f * f)
+        exact = model.dtype == torch.float32 and not runs_bf16(model, pixels)
         hint = "broken UNet weights?" if exact else "overflow? try --dtype float32"
         raise LdmError(f"the sampled latents hold NaN/Inf values ({hint})")
     fs = model.first_stage_model
-    with work_precision(model, fs, z.shape[-2] * z.shape[-1] * f * f) as bf16_work:
+    with work_precision(model, fs, pixels) as bf16_work:
         x = _decode_fitting(model, z, tiling)
     if bf16_work and not bool(torch.isfinite(x).all()):
         _warn_once(model, "bf16-work", "the first stage decoded NaN/Inf pixels in bfloat16; large images decode "
