@@ -5,7 +5,8 @@ Sources: `ldm/modules/attention.py` (LDM/SD1; SD2 adds `use_linear`, `disable_se
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,11 @@ from .unet_blocks import ContextBlock, normalization
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention of x (b, n, query_dim) to `context` (b, m, context_dim); self-attention if None."""
+    """Multi-head attention of x (b, n, query_dim) to `context` (b, m, context_dim); self-attention if None.
+
+    Inside `context_projections_kept` the keys and values of a context are computed once and reused while the same,
+    unchanged context tensor comes back (a sampler's every step): `kept` holds them, with what they were made from.
+    """
 
     def __init__(self, query_dim: int, context_dim: Optional[int] = None, heads: int = 8, dim_head: int = 64):
         super().__init__()
@@ -27,10 +32,49 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(p=0.0))  # `to_out.0` keeps its index
+        self.keeps = False
+        self.kept: Optional[tuple] = None
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        context = x if context is None else context.to(x.dtype)
-        return self.to_out(multihead_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
+        if context is None:
+            k, v = self.to_k(x), self.to_v(x)
+        else:
+            k, v = self._context_kv(context, x.dtype)
+        return self.to_out(multihead_attention(self.to_q(x), k, v, self.heads))
+
+    def _context_kv(self, context: torch.Tensor, dtype: torch.dtype) -> tuple:
+        # a traced (torch.compile) forward computes them each call: a kept tensor would be a guard and a side effect
+        keeps = self.keeps and not torch.compiler.is_compiling()
+        made_from = (_version(context), dtype, torch.is_autocast_enabled(context.device.type),
+                     torch.get_autocast_dtype(context.device.type)) if keeps else None
+        if keeps and self.kept is not None and self.kept[0] is context and self.kept[1] == made_from:
+            return self.kept[2:]
+        c = context.to(dtype)
+        k, v = self.to_k(c), self.to_v(c)
+        if keeps:
+            self.kept = (context, made_from, k, v)   # the context itself, so that its id cannot be reused meanwhile
+        return k, v
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """The in-place write counter of `t`; None for an inference tensor (made under inference_mode), which keeps none:
+    such a context is taken as unchanged while it is the same tensor."""
+    return None if t.is_inference() else t._version
+
+
+@contextmanager
+def context_projections_kept(module: nn.Module) -> Iterator[None]:
+    """Within the block, every CrossAttention of `module` computes a constant context's keys and values once (a
+    sampler's condition is the same tensor at every step) instead of at each call; the results are identical. What
+    was kept is dropped at the end, so no context outlives its sampling."""
+    layers = [m for m in module.modules() if isinstance(m, CrossAttention)]
+    for m in layers:
+        m.keeps = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.keeps, m.kept = False, None
 
 
 class GEGLU(nn.Module):

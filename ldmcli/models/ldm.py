@@ -107,7 +107,10 @@ class LatentDiffusion(nn.Module):
         unet = self.model.diffusion_model
         if c_concat:
             x = torch.cat([x, *c_concat], dim=1)
-        context = torch.cat(list(c_crossattn), dim=1) if c_crossattn else None
+        # one context passes as itself (no copy): the same tensor at every step, whose keys and values the UNet's
+        # cross-attention can then keep (attention.context_projections_kept)
+        context = (c_crossattn[0] if len(c_crossattn) == 1 else torch.cat(list(c_crossattn), dim=1)) \
+            if c_crossattn else None
         dtype = self.dtype
         out = unet(x.to(dtype), t, context=None if context is None else context.to(dtype), y=y)
         return out.float()

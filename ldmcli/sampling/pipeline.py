@@ -52,6 +52,7 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
     only `Grid.tail(strength)` of its grid, from x0 noised to the tail's first level with each seed's x_T as ε,
     √ᾱ·x0 + √(1−ᾱ)·ε (what diffusers' `scheduler.add_noise` does at `timesteps[t_start]`).
     """
+    from ldmcli.models.attention import context_projections_kept
     from ldmcli.sampling.blending import KnownRegion
     from ldmcli.sampling.guidance import cfg_model, eps_model
     from ldmcli.sampling.noise import initial_noise, seeded_noise
@@ -85,7 +86,8 @@ def sample_latents(model, cond: Cond, uncond: Optional[Cond], shape: Sequence[in
         a = grid.alphas[0].item()
         x_T = a ** 0.5 * x0.to(x_T) + (1 - a) ** 0.5 * x_T
     f = model.cfg.first_stage.downsample_factor
-    with torch.inference_mode(), work_precision(model, model.model, shape[-2] * shape[-1] * f * f):
+    with torch.inference_mode(), work_precision(model, model.model, shape[-2] * shape[-1] * f * f), \
+            context_projections_kept(model.model):
         return sample(s.sampler, eps, x_T, grid, eta=s.eta, noise=noise, callback=callback)
 
 
