@@ -44,16 +44,28 @@ class CrossAttention(nn.Module):
 
     def _context_kv(self, context: torch.Tensor, dtype: torch.dtype) -> tuple:
         # a traced (torch.compile) forward computes them each call: a kept tensor would be a guard and a side effect
-        keeps = self.keeps and not torch.compiler.is_compiling()
-        made_from = (_version(context), dtype, torch.is_autocast_enabled(context.device.type),
-                     torch.get_autocast_dtype(context.device.type)) if keeps else None
-        if keeps and self.kept is not None and self.kept[0] is context and self.kept[1] == made_from:
-            return self.kept[2:]
+        keeps = self.keeps and not _is_compiling()
+        made_from = (_version(context), dtype, *_autocast(context.device.type)) if keeps else None
+        kept = self.kept     # read once: another thread's sampling may replace it meanwhile
+        if keeps and kept is not None and kept[0] is context and kept[1] == made_from:
+            return kept[2:]
         c = context.to(dtype)
         k, v = self.to_k(c), self.to_v(c)
         if keeps:
             self.kept = (context, made_from, k, v)   # the context itself, so that its id cannot be reused meanwhile
         return k, v
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)   # torch < 2.3
+
+
+def _autocast(device_type: str) -> tuple:
+    """(enabled, dtype) of autocast on `device_type`; torch < 2.4 asks per device kind."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
 
 
 def _version(t: torch.Tensor) -> Optional[int]:
