@@ -466,3 +466,25 @@ def test_a_photo_stage_may_have_its_own_number_of_dead_leaves():
     assert _leaves("superres", replace(opts, data="some/folder"), rec) == 0      # folders bring their own pictures
     cpu = R.recipe("cpu")
     assert cpu.stages["superres"].leaves > cpu.photo_leaves and cpu.stages["inpaint"].leaves is None
+
+
+def test_ldm_train_leaves_nothing_in_the_temp_folder(tmp_path):
+    """The optimizer's first step imports torch._dynamo, which makes Inductor's cache folder: `ldm train` puts it in
+    ldm's compile cache, not as an empty torchinductor_<user> in the temp folder (the old code left one there)."""
+    import os
+    import subprocess
+    import sys
+    data, temp, cache = tmp_path / "images", tmp_path / "temp", tmp_path / "cache"
+    for d in (data, temp, cache):
+        d.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 90 * i, np.uint8)).save(data / f"im{i}.png")
+        (data / f"im{i}.txt").write_text("a grey square")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env.update(TMPDIR=str(temp), XDG_CACHE_HOME=str(cache), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "ldmcli", "train", "--task", "autoencoder", "--data", str(data),
+                           "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "run"), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert list(temp.iterdir()) == []
+    assert (cache / "ldmcli" / "inductor").is_dir()
