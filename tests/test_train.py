@@ -468,9 +468,11 @@ def test_a_photo_stage_may_have_its_own_number_of_dead_leaves():
     assert cpu.stages["superres"].leaves > cpu.photo_leaves and cpu.stages["inpaint"].leaves is None
 
 
-def test_ldm_train_leaves_nothing_in_the_temp_folder(tmp_path):
+@pytest.mark.parametrize("chosen", [None, ""])
+def test_ldm_train_leaves_nothing_in_the_temp_folder(tmp_path, chosen):
     """The optimizer's first step imports torch._dynamo, which makes Inductor's cache folder: `ldm train` puts it in
-    ldm's compile cache, not as an empty torchinductor_<user> in the temp folder (the old code left one there)."""
+    ldm's compile cache, not as an empty torchinductor_<user> in the temp folder (the old code left one there), also
+    where TORCHINDUCTOR_CACHE_DIR is set but empty (unset, as for --compile)."""
     import os
     import subprocess
     import sys
@@ -482,6 +484,8 @@ def test_ldm_train_leaves_nothing_in_the_temp_folder(tmp_path):
         (data / f"im{i}.txt").write_text("a grey square")
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env.update(TMPDIR=str(temp), XDG_CACHE_HOME=str(cache), OMP_NUM_THREADS="1")
+    if chosen is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = chosen
     done = subprocess.run([sys.executable, "-m", "ldmcli", "train", "--task", "autoencoder", "--data", str(data),
                            "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "run"), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=600)

@@ -26,6 +26,16 @@ def cache_dir() -> Path:
     return base / "ldmcli" / "inductor"
 
 
+def use_cache_dir() -> Path:
+    """Make `cache_dir()` and name it in TORCHINDUCTOR_CACHE_DIR, where Inductor reads it (an empty value counts as
+    unset there too, not as "."); returns it. For `--compile`, and for `ldm train`, whose optimizer step imports
+    torch._dynamo, which makes Inductor's cache folder at once."""
+    where = cache_dir()
+    where.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where)
+    return where
+
+
 def compile_unet(model, freeze: bool = False) -> Path:
     """Compile `model.model.diffusion_model` in place; returns the compile cache directory. Inductor's default mode,
     unless `freeze`: the caller will not change the UNet's weights from its first step on, and on the CPU they are
@@ -34,9 +44,7 @@ def compile_unet(model, freeze: bool = False) -> Path:
     from ldmcli.errors import UsageError
     if not hasattr(torch, "compile"):
         raise UsageError("--compile needs PyTorch 2 or later")
-    where = cache_dir()
-    where.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where)     # an empty value counts as unset (cache_dir), not as "."
+    where = use_cache_dir()
     _headers_into(where)
     unet = model.model.diffusion_model
     model.frozen_unet = freeze and next(unet.parameters()).device.type == "cpu"

@@ -56,7 +56,13 @@ class CrossAttention(nn.Module):
         return k, v
 
 
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)   # torch < 2.3
+def _dynamo_is_compiling() -> bool:
+    """torch < 2.3, which has no torch.compiler.is_compiling: Dynamo's own, imported only there and then."""
+    from torch._dynamo import is_compiling
+    return is_compiling()
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or _dynamo_is_compiling
 
 
 def _autocast(device_type: str) -> tuple:

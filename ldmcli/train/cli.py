@@ -45,12 +45,12 @@ def train_command(
     """Train the small default models from scratch (shapes world or your captioned images) and export them."""
     from ldmcli.cli.console import Console
     from ldmcli.cli.guard import guarded
+    from ldmcli.loading.compiling import use_cache_dir
     from ldmcli.train.run import TrainOptions, train
 
-    from ldmcli.loading.compiling import cache_dir
-    # the optimizer's step imports torch._dynamo, which makes Inductor's cache folder at once: in ldm's own compile
-    # cache (as --compile uses) rather than an empty torchinductor_<user> left in the temp folder
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+    # the optimizer's step makes Inductor's cache folder: in ldm's own compile cache (as --compile uses) rather than
+    # an empty torchinductor_<user> left in the temp folder
+    use_cache_dir()
     main = int(os.environ.get("RANK", "0")) == 0          # under torchrun only rank 0 talks
     # DDP notes that the gradient of a 1x1 conv has other (equivalent) strides than its bucket: harmless noise
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
