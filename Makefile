@@ -32,13 +32,14 @@ bench:
 # after an interruption continues where it stopped and skips what is done. After a change of the recipe file it
 # resumes every stage: a finished stage the change leaves alone returns at once, one it extends (more steps, a
 # tail) continues, and one whose finished steps it would change stops with a line saying what differs.
-STAGES := autoencoder decoder txt2img layout2img semantic2img photo-autoencoder superres inpaint
+STAGES := autoencoder decoder txt2img layout2img semantic2img photo-autoencoder superres inpaint superres-decoder
 weights: $(addprefix runs/default/.done-,$(STAGES))
 	$(BIN)/python -m ldmcli.train.install runs/default weights
 
 runs/default/.done-decoder: runs/default/.done-autoencoder
 $(addprefix runs/default/.done-,txt2img layout2img semantic2img): runs/default/.done-decoder
 $(addprefix runs/default/.done-,superres inpaint): runs/default/.done-photo-autoencoder
+runs/default/.done-superres-decoder: runs/default/.done-superres
 runs/default/.done-%: ldmcli/train/recipes.py
 	$(BIN)/ldm train --recipe cpu --seed 0 --task $* --out runs/default $(if $(wildcard runs/default/$*/state.pt),--resume)
 	touch $@

@@ -45,6 +45,24 @@ def test_dead_leaves_have_many_distinct_colours_and_some_grey_pictures():
     assert np.median([len(np.unique(a.reshape(-1, 3), axis=0)) for a in imgs]) > 200   # not flat shapes
 
 
+def test_thin_leaves_are_strokes_and_leave_the_stream_without_them_as_it_was():
+    """`thin`: that share of the ellipses and rectangles are strokes (world/deadleaves.py); thin = 0 draws nothing
+    more from the random stream, so every pool made without strokes keeps its pictures."""
+    from ldmcli.world import deadleaves as D
+    yy, xx = np.mgrid[-40:41, -40:41].astype(np.float32)
+    for kind in (1, 2):       # ellipse, rectangle: the covered share of the bounding square of side 2r
+        round_ = [D._inside(kind, xx, yy, 40.0, np.random.default_rng(s)).mean() for s in range(30)]
+        thin = [D._inside(kind, xx, yy, 40.0, np.random.default_rng(s), thin=1.0).mean() for s in range(30)]
+        assert np.median(round_) > 0.35 and max(thin) < 0.31 and np.median(thin) < 0.12, (kind, round_, thin)
+    disk = [D._inside(0, xx, yy, 40.0, np.random.default_rng(s), thin=1.0).mean() for s in range(3)]
+    assert min(disk) > 0.7                              # disks and polygons are never strokes
+    a, b = np.asarray(dead_leaves(3, 32, 0.0)), np.asarray(dead_leaves(3, 32))
+    assert np.array_equal(a, b)
+    strokes = [np.asarray(dead_leaves(s, 32, 0.5)) for s in range(4)]
+    assert all(not np.array_equal(x, np.asarray(dead_leaves(s, 32))) for s, x in enumerate(strokes))
+    assert np.array_equal(strokes[0], np.asarray(dead_leaves(0, 32, 0.5)))
+
+
 # ---- match input ----------------------------------------------------------------------------------------------------
 def _smooth_picture(size: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)

@@ -172,7 +172,7 @@ def test_make_weights_resumes_every_stage_after_a_recipe_change(tmp_path):
     done = tmp_path / "runs" / "default"
     done.mkdir(parents=True)
     stages = ("autoencoder", "decoder", "txt2img", "layout2img", "semantic2img", "photo-autoencoder", "superres",
-              "inpaint")
+              "inpaint", "superres-decoder")
     for k, stage in enumerate(stages):                           # every stage done after the recipe, in order
         (done / stage).mkdir()
         (done / stage / "state.pt").write_text("")

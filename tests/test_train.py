@@ -262,6 +262,9 @@ def test_exports_load_and_sample_with_every_task(full_run):
                        f"autoencoder: task=autoencoder recipe=tiny steps={STEPS} seed=3 data=world")
         if task in R.PHOTO_TASKS:     # their own first stage, trained on dead leaves and the world
             first_stage = f"first stage: task=photo-autoencoder recipe=tiny steps={STEPS} seed=3 data=world"
+        if task == "superres":      # the superres-decoder stage rewrote it with its tuned decoder
+            first_stage += (f"; decoder tuned on its own latents: task=superres-decoder recipe=tiny steps={STEPS} "
+                            f"seed=3 data=world")
         assert meta["ldmcli_version"].endswith(f"train task={task} recipe=tiny steps={STEPS} seed=3 data=world; "
                                                + first_stage)
         model, info = load_model(written[task])
@@ -435,11 +438,13 @@ def test_photo_stages_train_on_dead_leaves_through_their_own_autoencoder(full_ru
     assert photo_cfg.num_res_blocks == 1 and shapes_cfg.num_res_blocks == 0
     for task in R.LDM_TASKS:
         sd, _ = read_checkpoint(written[task])
-        key = "first_stage_model.decoder.conv_in.weight"
         photo = task in R.PHOTO_TASKS
         assert ("first_stage_model.decoder.up.0.block.1.conv1.weight" in sd) == photo   # one res block more
-        if photo:      # the exported first stage is the photo autoencoder, as trained
-            assert torch.equal(sd[key], photo_sd["decoder.conv_in.weight"].half())
+        if photo:      # the exported first stage is the photo autoencoder, as trained (superres: its decoder then
+            # tuned by the superres-decoder stage, tests/test_prediction_decoder.py)
+            for part in ("encoder", "decoder") if task == "inpaint" else ("encoder",):
+                key = f"{part}.conv_in.weight"
+                assert torch.equal(sd[f"first_stage_model.{key}"], photo_sd[key].half())
 
 
 def test_photo_pool_joins_dead_leaves_after_the_world_keeping_caption_variants():
@@ -466,6 +471,40 @@ def test_a_photo_stage_may_have_its_own_number_of_dead_leaves():
     assert _leaves("superres", replace(opts, data="some/folder"), rec) == 0      # folders bring their own pictures
     cpu = R.recipe("cpu")
     assert cpu.stages["superres"].leaves > cpu.photo_leaves and cpu.stages["inpaint"].leaves is None
+
+
+def test_a_stage_with_thin_leaves_trains_on_strokes():
+    """StageSettings.thin_leaves reaches the pool's dead leaves (leaves_pool → dead_leaves), in their seeds' order."""
+    from ldmcli.train.data import data_pool, leaves_pool, mix_seed
+    from ldmcli.world.deadleaves import dead_leaves
+    plain, thin = leaves_pool(16, 3, 0, ("lowres",)), leaves_pool(16, 3, 0, ("lowres",), thin=0.5)
+    for i in range(3):
+        want = np.asarray(dead_leaves(mix_seed(0, i, 0x1EAF), 16, 0.5)).transpose(2, 0, 1)
+        assert np.array_equal(thin.tensors["image"][i].numpy(), want)
+    assert not torch.equal(plain.tensors["image"], thin.tensors["image"])
+    pool = data_pool("world", 16, 2, 0, "superres", leaves=3, thin=0.5)
+    assert torch.equal(pool.tensors["image"][2:], thin.tensors["image"])
+
+
+def test_the_superres_stage_draws_its_leaves_with_the_stages_thin_share(tmp_path, monkeypatch):
+    """`ldm train --task superres` hands StageSettings.thin_leaves to the pool's dead leaves (the cpu recipe: half)."""
+    from dataclasses import replace
+    import ldmcli.train.data as D
+    assert R.recipe("cpu").stages["superres"].thin_leaves == 0.5
+    assert all(s.thin_leaves == 0 for t, s in R.recipe("cpu").stages.items() if t != "superres")
+    rec = tiny_recipe()
+    rec = replace(rec, stages={**rec.stages, "superres": replace(rec.stages["superres"], thin_leaves=0.25)})
+    train(TrainOptions(task="photo-autoencoder", out=str(tmp_path), device="cpu", seed=3), Recorder(), recipe=rec)
+    seen, real = [], D.leaves_pool
+
+    def spy(*args, **kwargs):
+        seen.append(args[7] if len(args) > 7 else kwargs.get("thin", 0.0))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(D, "leaves_pool", spy)
+    with pytest.raises(KeyboardInterrupt):       # the pool is built before the first step
+        train(TrainOptions(task="superres", out=str(tmp_path), device="cpu", seed=3), Recorder("superres", 1),
+              recipe=rec)
+    assert seen == [0.25]
 
 
 @pytest.mark.parametrize("chosen", [None, ""])

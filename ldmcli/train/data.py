@@ -19,7 +19,7 @@ import itertools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -177,18 +177,19 @@ def world_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: i
     return pool
 
 
-def _leaves_chunk(args) -> List[dict]:
+def _leaves_chunk(args, thin: float = 0.0) -> List[dict]:
     from ldmcli.world.deadleaves import dead_leaves
     seeds, size, fields = args
-    return [_picture_record(dead_leaves(s, size), "", size, fields) for s in seeds]
+    return [_picture_record(dead_leaves(s, size, thin), "", size, fields) for s in seeds]
 
 
 def leaves_pool(size: int, n: int, seed: int, fields: Sequence[str] = (), rank: int = 0, world: int = 1,
-                workers: int = 1) -> Pool:
-    """This process's shard of n dead-leaves examples of the stream with base seed `seed`."""
+                workers: int = 1, thin: float = 0.0) -> Pool:
+    """This process's shard of n dead-leaves examples of the stream with base seed `seed`, `thin` of their
+    ellipses and rectangles drawn as strokes (world/deadleaves.py)."""
     fields = tuple(f for f in fields if f not in WORLD_ONLY)
     seeds = [mix_seed(seed, i, 0x1EAF) for i in range(n)][rank::world]
-    return _stack(_records(_leaves_chunk, seeds, size, fields, workers), fields)
+    return _stack(_records(partial(_leaves_chunk, thin=thin), seeds, size, fields, workers), fields)
 
 
 def join_pools(a: Pool, b: Pool) -> Pool:
@@ -266,14 +267,14 @@ def batch_indices(step: int, batch: int, n: int, seed: int, rank: int = 0) -> to
 
 
 def data_pool(data: str, size: int, n: int, seed: int, task: str, rank: int = 0, world: int = 1,
-              workers: int = 1, caption_variants: int = 1, leaves: int = 0) -> Pool:
+              workers: int = 1, caption_variants: int = 1, leaves: int = 0, thin: float = 0.0) -> Pool:
     """The pool a stage trains on: `data` is "world" or a folder path (one caption per image: its .txt); with
-    world data, `leaves` dead-leaves examples follow the n world ones."""
+    world data, `leaves` dead-leaves examples follow the n world ones (`thin`: leaves_pool)."""
     fields = TASK_FIELDS[task]
     if data == "world":
         pool = world_pool(size, n, seed, fields, rank, world, workers, caption_variants)
         if leaves:
-            pool = join_pools(pool, leaves_pool(size, leaves, seed, fields, rank, world, workers))
+            pool = join_pools(pool, leaves_pool(size, leaves, seed, fields, rank, world, workers, thin))
         return pool
     return folder_pool(data, size, fields, rank, world)
 

@@ -39,7 +39,9 @@ LDM_TASKS = TASK_NAMES
 # The stages of `ldm train`, in training order. "decoder" fine-tunes the autoencoder's decoder with its encoder
 # frozen (as Stable Diffusion's ft-MSE/ft-EMA decoders do): the latents every LDM trains on are unchanged, so it only
 # sharpens what they decode; a recipe without a "decoder" stage skips it.
-TASKS = ("autoencoder", "decoder", "photo-autoencoder") + LDM_TASKS
+# "superres-decoder" comes last: it tunes the exported superres model's decoder on its UNet's own one-step latents
+# (train/prediction_decoder_stage.py).
+TASKS = ("autoencoder", "decoder", "photo-autoencoder") + LDM_TASKS + ("superres-decoder",)
 # The defaults that must work on real pictures train on dead-leaves images (world/deadleaves.py) mixed with the
 # shapes world, through their own "photo" autoencoder trained on the same mix; the text, layout and semantic
 # defaults keep the shapes world and its autoencoder (docs/RESULTS.md, "Photographs").
@@ -47,7 +49,7 @@ PHOTO_TASKS = ("superres", "inpaint")
 # Stage k's seed is mix(seed, SEED_INDEX[k]); the index is the one each stage got when it was added, so a new stage
 # leaves the seeds (and the trained weights) of the others as they were.
 SEED_INDEX = {"autoencoder": 0, "txt2img": 1, "inpaint": 2, "superres": 3, "layout2img": 4, "semantic2img": 5,
-              "decoder": 6, "photo-autoencoder": 7}
+              "decoder": 6, "photo-autoencoder": 7, "superres-decoder": 8}
 RECIPES = ("cpu", "gpu")
 
 # What the UNet predicts. The paper's L_LDM has εθ predict ε; the recipes use SD 2's v = √ᾱ·ε − √(1−ᾱ)·z0 instead
@@ -91,6 +93,7 @@ class StageSettings:
     disc_weight: float = 0.0
     disc_start: int = 0
     leaves: Optional[int] = None   # photo stages: dead-leaves pictures in the pool (None: Recipe.photo_leaves)
+    thin_leaves: float = 0.0       # LDM photo stages: share of the leaves' ellipses and rectangles drawn as strokes
     world: Optional[int] = None    # LDM stages: world scenes in the pool (None: Recipe.ldm_pool_size or pool_size)
     # LDM stages: pixels a side of the pool's pictures (None: Recipe.image_size). A convolutional model (superres)
     # may learn on larger pictures than its recipe's, where fewer latent cells touch the border than at 8x8
@@ -264,11 +267,18 @@ def _cpu() -> Recipe:
                           "inpaint": replace(ldm, steps=14000, tail_steps=2000, tail_world_only=True),
                           # a pool of 4x the dead leaves: 36000 steps over the shared pool overfit it (training
                           # loss halved, val gain +1.23 -> +0.85 dB; docs/RESULTS.md, "Photographs"); then 4000
-                          # steps tuned for the default's one step (StageSettings.tail_*)
+                          # steps tuned for the default's one step (StageSettings.tail_*); half the leaves' ellipses
+                          # and rectangles are strokes, which with the superres-decoder stage lifted val +0.11 / +0.09
                           "superres": replace(ldm, steps=22000, leaves=24576, tail_steps=4000, tail_top_share=0.5,
-                                              tail_top=100, pixel_weight=10.0),
+                                              tail_top=100, pixel_weight=10.0, thin_leaves=0.5),
                           "layout2img": replace(ldm, steps=6000),
-                          "semantic2img": replace(ldm, steps=8000)})
+                          "semantic2img": replace(ldm, steps=8000),
+                          # the decoder learns the one-step latents it is handed (posterior means, which the
+                          # autoencoder never trained on) beside the encoder's; 64 px pictures of its own, a
+                          # constant learning rate (docs/RESULTS.md, "Photographs")
+                          "superres-decoder": StageSettings(steps=4000, batch_size=8, lr=1e-4, warmup=0,
+                                                            min_lr_ratio=1.0, grad_clip=0.0, ckpt_every=500,
+                                                            leaves=2048, world=512, image_size=64)})
 
 
 def _gpu() -> Recipe:

@@ -3,7 +3,8 @@ exported defaults.
 
 Layout of --out:  autoencoder/state.pt, autoencoder.safetensors (float32), decoder/state.pt, decoder.safetensors (the
 autoencoder with its decoder fine-tuned: what the LDM stages load and export, when the recipe has a decoder stage),
-<task>/state.pt (resumable training state) and <task>.safetensors (the fp16 embedded default), train.jsonl.
+<task>/state.pt (resumable training state) and <task>.safetensors (the fp16 embedded default), train.jsonl; the
+superres-decoder stage rewrites superres.safetensors with its tuned decoder (train/prediction_decoder_stage.py).
 Seeds: the data stream of every stage has base seed `seed`; stage k initialises its weights from
 mix(seed, SEED_INDEX[k]) and draws its per-step randomness from mix(that, step, rank) — see loop.py.
 """
@@ -23,6 +24,7 @@ from ldmcli.train.autoencoder_stage import (AUTOENCODER_FILE, DECODER_FILE, buil
                                             load_autoencoder, save_autoencoder)
 from ldmcli.train.data import (TASK_FIELDS, WORLD_ONLY, data_pool, folder_images, mix_seed, unconditional_layout,
                                vocabulary)
+from ldmcli.train import prediction_decoder_stage as PD
 from ldmcli.train.export import export_default, version_string
 from ldmcli.train.ldm_stage import DiffusionObjective, Tail, build_ldm, encode_pool, latent_scale
 from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, resume_conflict, setup_distributed,
@@ -30,7 +32,7 @@ from ldmcli.train.loop import (Distributed, Objective, barrier, read_state, resu
 
 # what folder data can train: the first stage, and the tasks that need none of the world's annotations
 FOLDER_TASKS = ("autoencoder", "decoder", "photo-autoencoder") + tuple(
-    t for t in R.LDM_TASKS if not set(TASK_FIELDS[t]) & set(WORLD_ONLY))
+    t for t in R.LDM_TASKS if not set(TASK_FIELDS[t]) & set(WORLD_ONLY)) + (PD.STAGE,)
 FOLDER_TEXT_LENGTH = 77
 FIRST_STAGE_FILES = {"autoencoder": AUTOENCODER_FILE, "decoder": DECODER_FILE,   # what each first-stage stage writes
                      "photo-autoencoder": "photo-autoencoder.safetensors"}
@@ -121,6 +123,8 @@ def train(opts: TrainOptions, console=None, recipe: Optional[R.Recipe] = None) -
         for stage in stages:
             if stage in FIRST_STAGE_FILES:
                 written[stage] = _train_first_stage(stage, opts, rec, dist, out, console)
+            elif stage == PD.STAGE:
+                written[stage] = _train_prediction_decoder(opts, rec, dist, out, console)
             else:
                 written[stage] = _train_ldm(stage, opts, rec, dist, out, console)
     finally:
@@ -218,7 +222,7 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
     size = s.image_size or rec.image_size
     console.log(f"{task}: building the data pool ({pool_size} examples + {leaves} dead leaves, {size} px)")
     pool = data_pool(opts.data, size, pool_size, opts.seed, task, dist.rank, dist.world,
-                     _workers(opts, dist), rec.caption_variants, leaves)
+                     _workers(opts, dist), rec.caption_variants, leaves, s.thin_leaves)
     torch.manual_seed(seed)
     model = build_ldm(cfg, fs_sd).to(dist.device)
     uncond = _tokenize(model, pool)
@@ -241,6 +245,59 @@ def _train_ldm(task: str, opts: TrainOptions, rec: R.Recipe, dist: Distributed, 
         export_default(model, path, version=f"{version}; first stage: {_provenance(fs_path)}", ema_weights=weights)
     barrier(dist)
     return path
+
+
+def _train_prediction_decoder(opts: TrainOptions, rec: R.Recipe, dist: Distributed, out: Path, console) -> Path:
+    """The superres-decoder stage (prediction_decoder_stage.py): superres.safetensors rewritten in place with its
+    decoder side tuned on the UNet's one-step latents. Its state records the UNet it tuned for; a finished state
+    whose tuned decoder is not the file's (superres exported again) writes it back without training."""
+    from ldmcli.loading import cpu_has_native_bf16
+    from ldmcli.loading.checkpoint import load_model, read_checkpoint
+    stage, task = PD.STAGE, PD.TASK
+    s, seed, state_path, state, log_path = _stage_setup(stage, opts, rec, out)
+    path = out / f"{task}.safetensors"
+    if not path.is_file():
+        raise UsageError(f"no trained {task} at {path}: train it first (ldm train --task {task} --out {out})")
+    sd, _ = read_checkpoint(path)
+    unet = _fingerprint(sd, ("model.diffusion_model.",))
+    _check_input(state, task, unet, f"{task} UNet than {path}", state_path)
+    model, _ = load_model(path, device=dist.device)
+    fs = model.first_stage_model
+    version = model.cfg.version.split(_TUNED, 1)[0]
+    version += _TUNED + version_string(stage, rec.name, s.steps, opts.seed, opts.data).split(" train ", 1)[1]
+    if state is not None and int(state["step"]) >= s.steps:
+        tuned = PD.tuned_decoder(state)
+        if all(torch.equal(sd[f"first_stage_model.{k}"], v.to(sd[f"first_stage_model.{k}"].dtype))
+               for k, v in tuned.items()):
+            console.log(f"{stage}: already trained ({s.steps} steps) and written: {path}")
+            return path
+        console.log(f"{stage}: {path} was exported again; writing the tuned decoder back into it")
+        fs.load_state_dict(tuned, strict=False)
+    else:
+        leaves = _leaves(task, opts, rec) if s.leaves is None or opts.data != "world" else s.leaves
+        pool_size = s.world or rec.ldm_pool_size or rec.pool_size
+        size = s.image_size or rec.image_size
+        console.log(f"{stage}: building the data pool ({pool_size} examples + {leaves} dead leaves, {size} px) and "
+                    f"its {task} latents")
+        # the stage's own seed: pictures that no earlier stage drew, so the UNet's latents are those of new pictures
+        pool = data_pool(opts.data, size, pool_size, seed, task, dist.rank, dist.world, _workers(opts, dist),
+                         leaves=leaves)
+        pool = PD.latent_pool(model, pool, seed, dist.device)
+        torch.manual_seed(seed)
+        PD.freeze_all_but_decoder(fs)
+        objective = PD.PredictionDecoderObjective(fs, float(model.scale_factor), cpu_has_native_bf16())
+        with console.progress(s.steps, stage) as advance:
+            train_loop([Objective(stage, objective)], pool, s, stage=stage, seed=seed, dist=dist,
+                       state_path=state_path, log_path=log_path, state=state, extra={task: unet}, progress=advance,
+                       on_log=lambda r: console.log(_line(r)))
+        fs.requires_grad_(False)
+    if dist.main:
+        export_default(model, path, version=version)
+    barrier(dist)
+    return path
+
+
+_TUNED = "; decoder tuned on its own latents: "
 
 
 # what an LDM stage learnt from its first stage: the encoder's latents (a decoder stage trained later changes only

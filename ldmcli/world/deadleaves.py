@@ -6,7 +6,9 @@ p(r) ∝ r^-3 between a pixel and the image: the result is scale invariant, with
 edge statistics and the occlusions of natural images, which is why restoration networks pre-trained on it transfer
 to photographs (Achddou, Gousseau & Ladjal 2021; Baradad et al. 2021). On top of the flat leaves of the basic
 model each leaf here gets what flat colour lacks and photos have: smooth shading (linear gradients), periodic and
-random textures, and the picture as a whole may be defocused, noisy, or grey.
+random textures, and the picture as a whole may be defocused, noisy, or grey. With `thin` > 0 that share of the
+ellipses and rectangles are strokes (width 0.04-0.3 of their length): the grass blades, twigs, wires and hair of
+photographs, which the rounder leaves lack.
 
 Every image is a pure function of (seed, size): it is drawn at 4× the size and shrunk with Pillow's antialiasing
 filter, so edges are anti-aliased the way a resized photograph's are.
@@ -21,6 +23,7 @@ from PIL import Image, ImageFilter
 SUPERSAMPLE = 4
 LEAVES = 300                 # leaves per 32 × 32 pixels (scaled with the area): about four layers deep
 SIZE_POWER = 3.0             # p(r) ∝ r^-SIZE_POWER
+THIN_ASPECT = (0.04, 0.3)    # a stroke's width over its length, log-uniform
 
 
 def _radius(rng: np.random.Generator, r_min: float, r_max: float) -> float:
@@ -41,14 +44,19 @@ def _colour(rng: np.random.Generator, grey: bool) -> np.ndarray:
     return np.clip(lum + chroma, 0, 255)
 
 
-def _inside(kind: int, dx: np.ndarray, dy: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
-    """The leaf's shape on local coordinates (dx, dy) about its centre: disk, ellipse, rectangle or polygon."""
+def _inside(kind: int, dx: np.ndarray, dy: np.ndarray, r: float, rng: np.random.Generator,
+            thin: float = 0.0) -> np.ndarray:
+    """The leaf's shape on local coordinates (dx, dy) about its centre: disk, ellipse, rectangle or polygon; an
+    ellipse or rectangle is a stroke with probability `thin` (drawn only when thin > 0, so that thin = 0 keeps the
+    random stream, and the pools, of the generator without strokes)."""
     angle = rng.uniform(0, math.pi)
     c, s = math.cos(angle), math.sin(angle)
     u, v = c * dx + s * dy, -s * dx + c * dy
     if kind == 0:
         return dx * dx + dy * dy <= r * r
     aspect = rng.uniform(0.3, 1.0)
+    if thin > 0 and kind in (1, 2) and rng.random() < thin:
+        aspect = math.exp(rng.uniform(math.log(THIN_ASPECT[0]), math.log(THIN_ASPECT[1])))
     if kind == 1:
         return (u / r) ** 2 + (v / (r * aspect)) ** 2 <= 1
     if kind == 2:
@@ -90,8 +98,9 @@ def _fill(dx: np.ndarray, dy: np.ndarray, r: float, rng: np.random.Generator, gr
     return base + amplitude * channels
 
 
-def dead_leaves(seed: int, size: int) -> Image.Image:
-    """A size × size RGB dead-leaves image, the same for the same (seed, size)."""
+def dead_leaves(seed: int, size: int, thin: float = 0.0) -> Image.Image:
+    """A size × size RGB dead-leaves image, the same for the same (seed, size, thin); `thin`: the share of
+    ellipses and rectangles drawn as strokes."""
     rng = np.random.default_rng([seed, 0xDEAD1EAF])
     big = size * SUPERSAMPLE
     grey = rng.random() < 0.15
@@ -106,7 +115,7 @@ def dead_leaves(seed: int, size: int) -> Image.Image:
         if x0 >= x1 or y0 >= y1:
             continue
         dx, dy = xx[y0:y1, x0:x1] - cx, yy[y0:y1, x0:x1] - cy
-        inside = _inside(int(rng.integers(4)), dx, dy, r, rng)
+        inside = _inside(int(rng.integers(4)), dx, dy, r, rng, thin)
         if inside.any():
             canvas[y0:y1, x0:x1][inside] = _fill(dx, dy, r, rng, grey)[inside]
     img = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8))
@@ -119,4 +128,4 @@ def dead_leaves(seed: int, size: int) -> Image.Image:
     return img
 
 
-__all__ = ["dead_leaves", "LEAVES", "SUPERSAMPLE"]
+__all__ = ["dead_leaves", "LEAVES", "SUPERSAMPLE", "THIN_ASPECT"]
