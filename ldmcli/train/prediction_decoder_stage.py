@@ -61,7 +61,7 @@ def latent_pool(model, pool: Pool, seed: int, device, chunk: int = 64) -> Pool:
     from ldmcli.tasks.superres import bsr_condition
     settings = SamplerSettings().resolved(model.cfg)
     images, lowres = pool.tensors["image"], pool.tensors["lowres"]
-    n, fs, scale = images.shape[0], model.first_stage_model, float(model.scale_factor)
+    n = images.shape[0]
     sampled, encoded = [], []
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -70,7 +70,7 @@ def latent_pool(model, pool: Pool, seed: int, device, chunk: int = 64) -> Pool:
         seeds = [mix_seed(seed, i) for i in range(start, stop)]
         sampled.append(sample_latents(model, bsr_condition(lr), None, shape, seeds, settings).float().cpu())
         x = images[start:stop].to(device).float() / 127.5 - 1
-        encoded.append((fs.encode(x).mean.float() * scale).cpu())
+        encoded.append(model.encode_first_stage(x, sample=False).float().cpu())
     latents = torch.cat(sampled + encoded)
     return Pool({"image": torch.cat([images, images]), "latent": latents})
 
