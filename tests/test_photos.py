@@ -80,6 +80,22 @@ def test_back_projection_makes_the_shrink_reproduce_the_input_and_removes_a_colo
     assert P.psnr(fixed, hr) > P.psnr(cast, hr) + 10
 
 
+def test_kept_error_is_what_the_back_projection_leaves_of_an_error():
+    from ldmcli.tasks.match_input import BACK_PROJECTIONS, _project, _resize, kept_error
+    hr = np.asarray(dead_leaves(4, 64), np.float32)
+    lr = _resize(hr, (16, 16))                                   # the truth's exact shrink, as in training
+    # an output with a colour cast (low frequencies) and a grain (high): the projection's result minus the truth
+    cast = np.broadcast_to(12 * np.sin(np.linspace(0, 3, 64, dtype=np.float32))[:, None, None], hr.shape)
+    y = hr + cast + np.random.default_rng(0).normal(0, 6, hr.shape).astype(np.float32)
+    want = _project(y, lr, BACK_PROJECTIONS) - hr
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]   # noqa: E731
+    error = as_tensor(y - hr)
+    got = kept_error(error)[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - want).max() < 0.05                       # Pillow's kernel, to float rounding
+    assert kept_error(as_tensor(cast)).pow(2).mean() < 0.01 * float((cast ** 2).mean())   # a cast is thrown away
+    assert kept_error(error).shape == error.shape and kept_error(error, iterations=0).equal(error)
+
+
 def test_push_pull_keeps_known_values_and_fills_smoothly():
     v = torch.zeros(1, 32, 32)
     v[0, :, :16], v[0, :, 16:] = 10.0, 30.0

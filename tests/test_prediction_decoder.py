@@ -43,6 +43,7 @@ def test_the_stage_comes_after_superres_in_both_the_recipe_and_make_weights():
     from pathlib import Path
     assert R.TASKS.index(STAGE) > R.TASKS.index("superres")
     assert R.recipe("cpu").stages[STAGE].image_size == 64 and STAGE not in R.recipe("gpu").stages
+    assert R.recipe("cpu").stages[STAGE].back_projected_loss
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     stages = makefile.split("STAGES :=")[1].splitlines()[0].split()
     assert stages.index(STAGE) > stages.index("superres")
@@ -106,6 +107,7 @@ def test_latent_pool_pairs_each_picture_with_its_one_step_latent_and_its_encoder
     pool = data_pool("world", 16, 3, 5, "superres", leaves=2)
     got = latent_pool(model, pool, 11, "cpu", chunk=2)
     assert got.n_images == 10 and torch.equal(got.tensors["image"][5:], pool.tensors["image"])
+    assert got.tensors["one_step"].tolist() == [1.0] * 5 + [0.0] * 5
     lr = pool.tensors["lowres"][3:4].float() / 127.5 - 1
     one = sample_latents(model, bsr_condition(lr), None, (4, 4, 4), [mix_seed(11, 3)], SamplerSettings())
     assert torch.equal(got.tensors["latent"][3], one[0].float())
@@ -138,3 +140,50 @@ def test_the_objective_fits_the_decoder_side_alone():
         fast, _ = PredictionDecoderObjective(ae, 2.0, cpu_bf16=True)(batch, None, 0)
     torch.testing.assert_close(objective(batch, None, 0)[0].detach(), exact, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast, exact, rtol=0.05, atol=0)
+
+
+def test_the_back_projected_loss_judges_one_step_latents_on_what_the_projection_keeps():
+    """One-step examples: the MSE of kept_error(e) + PLAIN_SHARE·MSE(e); encoder examples: plain MSE. A smooth
+    colour cast, which the default's back-projection removes, costs a one-step example about PLAIN_SHARE of what it
+    costs an encoder example."""
+    from ldmcli.models.autoencoder import AutoencoderKL
+    from ldmcli.tasks.match_input import kept_error
+    from ldmcli.train.prediction_decoder_stage import PLAIN_SHARE, PredictionDecoderObjective
+    torch.manual_seed(0)
+    ae = AutoencoderKL(tiny_recipe().photo_autoencoder).eval()
+    latent = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        decoded = ae.decode(latent / 2.0)
+    ramp = torch.linspace(-0.3, 0.3, 16).view(1, 1, 1, 16).expand(2, 3, 16, 16)
+    objective = PredictionDecoderObjective(ae, 2.0, back_projected=True)
+    cost = lambda image, kind: objective({"latent": latent, "image": image,          # noqa: E731
+                                          "one_step": torch.tensor(kind)}, None, 0)[0].item()
+    plain = torch.nn.functional.mse_loss(decoded, decoded - ramp).item()
+    assert abs(cost(decoded - ramp, [0.0, 0.0]) - plain) < 1e-6
+    assert cost(decoded - ramp, [1.0, 1.0]) < 1.2 * PLAIN_SHARE * plain
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    e = decoded - image
+    want = (kept_error(e[:1]) ** 2 + PLAIN_SHARE * e[:1] ** 2).sum() + (e[1:] ** 2).sum()
+    with torch.no_grad():
+        got = cost(image, [1.0, 0.0])
+    assert abs(got - want.item() / e.numel()) < 1e-5
+    assert PredictionDecoderObjective(ae, 2.0)({"latent": latent, "image": image, "one_step": torch.ones(2)},
+                                               None, 0)[0].item() == pytest.approx((e ** 2).mean().item(), abs=1e-6)
+
+
+def test_the_stage_writes_the_recipes_detail_share_and_trains_with_the_back_projected_loss(superres_run, tmp_path):
+    from dataclasses import replace
+    from ldmcli.loading.checkpoint import load_model
+    run = tmp_path / "run"
+    shutil.copytree(superres_run, run)
+    rec = tiny_recipe()
+    models = dict(rec.models, superres=rec.models["superres"].with_(default_detail=0.6))
+    stages = dict(rec.stages, **{STAGE: replace(rec.stages[STAGE], back_projected_loss=True)})
+    rec = replace(rec, models=models, stages=stages)
+    assert load_model(run / "before.safetensors")[0].cfg.default_detail != 0.6
+    recorder = Recorder()
+    written = train(TrainOptions(task=STAGE, out=str(run), device="cpu", seed=3), recorder, recipe=rec)
+    assert load_model(written[STAGE])[0].cfg.default_detail == 0.6
+    import json
+    logged = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
+    assert any(r.get("stage") == STAGE and "mse" in r for r in logged)       # the back-projected loss's record

@@ -41,7 +41,7 @@ def test_more_steps_without_a_tail_stretch_the_schedule_and_are_refused():
 
 @pytest.mark.parametrize("change", [{"lr": 2e-4}, {"batch_size": 16}, {"leaves": 100}, {"world": 100}, {"warmup": 10},
                                     {"uncond_prob": 0.2}, {"ema_decay": 0.999}, {"min_lr_ratio": 0.5},
-                                    {"thin_leaves": 0.5}])
+                                    {"thin_leaves": 0.5}, {"back_projected_loss": True}])
 def test_a_change_of_what_the_finished_steps_did_is_refused(change):
     name = next(iter(change))
     conflict = resume_conflict(asdict(BASE), replace(BASE, **change), 600)
@@ -53,6 +53,13 @@ def test_a_state_saved_before_strokes_existed_does_not_resume_a_stage_that_draws
     saved = {k: v for k, v in asdict(BASE).items() if k != "thin_leaves"}
     assert resume_conflict(saved, BASE, 600) is None
     assert resume_conflict(saved, replace(BASE, thin_leaves=0.5), 600) == "thin_leaves: 0.0 -> 0.5"
+
+
+def test_a_decoder_state_saved_before_the_back_projected_loss_does_not_resume_under_it():
+    """A superres-decoder state of a run before `back_projected_loss` trained on the plain pixel MSE."""
+    saved = {k: v for k, v in asdict(BASE).items() if k != "back_projected_loss"}
+    assert resume_conflict(saved, BASE, 600) is None
+    assert resume_conflict(saved, replace(BASE, back_projected_loss=True), 600) == "back_projected_loss: False -> True"
 
 
 def test_tail_settings_count_once_the_tail_has_run():

@@ -55,6 +55,19 @@ def back_project(output: Image.Image, lowres: Image.Image, iterations: int = BAC
     return Image.fromarray(np.clip(np.rint(y), 0, 255).astype(np.uint8))
 
 
+def kept_error(error: torch.Tensor, factor: int = 4, iterations: int = BACK_PROJECTIONS) -> torch.Tensor:
+    """What `back_project` keeps of an output's error: (I − U·D)^iterations applied to `error` [N, C, H, W], D the
+    antialiasing bicubic ÷factor shrink and U the bicubic upscale (torch's antialiased bicubic is Pillow's kernel).
+    For a truth whose shrink is the input, back_project(y) − truth is this of y − truth: the low frequencies of an
+    error are thrown away, so a model tuned for the back-projected result need not spend itself on them."""
+    h, w = error.shape[-2:]
+    for _ in range(iterations):
+        down = F.interpolate(error, size=(h // factor, w // factor), mode="bicubic", antialias=True,
+                             align_corners=False)
+        error = error - F.interpolate(down, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    return error
+
+
 def push_pull(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """values [C, H, W] known where weight [H, W] is 1, filled smoothly where it is 0 (weights in [0, 1])."""
     h, w = weight.shape
@@ -116,5 +129,5 @@ def check_detail(value, name: str = "detail") -> float:
     return float(value)
 
 
-__all__ = ["back_project", "push_pull", "seamless_fill", "is_grey", "grey", "wanted", "detail_share", "check_detail",
+__all__ = ["back_project", "kept_error", "push_pull", "seamless_fill", "is_grey", "grey", "wanted", "detail_share", "check_detail",
            "BACK_PROJECTIONS"]

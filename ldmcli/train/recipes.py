@@ -110,6 +110,9 @@ class StageSettings:
     tail_top: int = 100
     pixel_weight: float = 0.0
     tail_world_only: bool = False
+    # superres-decoder: the one-step latents' pixel loss on what the default's back-projection keeps of the error
+    # (prediction_decoder_stage.py)
+    back_projected_loss: bool = False
 
     @property
     def tail_start(self) -> int:
@@ -218,11 +221,12 @@ def _models(z: Sizes) -> Dict[str, ModelConfig]:
         # no attention: super-resolution is local, and a purely convolutional UNet runs on any image size in one
         # pass, so there are no tiles and no tile seams. One DDIM step on the trailing schedule (from t = 999: the
         # posterior mean; the best PSNR over bicubic on dead-leaves val pictures among 1-20 steps, η 0 or 1); the
-        # mean of 8 views (flips, rotations) and 3/4 of its detail over the back-projected bicubic: the best of
-        # detail 0.5-1 on the val pictures (ldm eval --task photos --split val; docs/RESULTS.md, "Photographs")
+        # mean of 8 views (flips, rotations) and 0.9 of its detail over the back-projected bicubic: the best of
+        # detail 0.5-1 on the val pictures with the decoder tuned for the back-projection (superres-decoder stage;
+        # ldm eval --task photos --split val; docs/RESULTS.md, "Photographs")
         "superres": ModelConfig("ldmcli-default-superres", "superres", _unet(7, **dict(concat, attn=())), photo,
                                 "identity", "concat", default_guidance=1.0, default_match_input=True,
-                                default_detail=0.75, default_ensemble=8,
+                                default_detail=0.9, default_ensemble=8,
                                 **dict(sched, default_steps=1, default_eta=0.0, default_schedule="trailing")),
         "layout2img": ModelConfig("ldmcli-default-layout2img", "layout2img",
                                   _unet(4, context_dim=z.layout_width, **cross), fs,
@@ -274,11 +278,13 @@ def _cpu() -> Recipe:
                           "layout2img": replace(ldm, steps=6000),
                           "semantic2img": replace(ldm, steps=8000),
                           # the decoder learns the one-step latents it is handed (posterior means, which the
-                          # autoencoder never trained on) beside the encoder's; 64 px pictures of its own, a
-                          # constant learning rate (docs/RESULTS.md, "Photographs")
+                          # autoencoder never trained on) beside the encoder's, judged on what the back-projection
+                          # keeps of their errors; 64 px pictures of its own, a constant learning rate
+                          # (docs/RESULTS.md, "Photographs")
                           "superres-decoder": StageSettings(steps=4000, batch_size=8, lr=1e-4, warmup=0,
                                                             min_lr_ratio=1.0, grad_clip=0.0, ckpt_every=500,
-                                                            leaves=2048, world=512, image_size=64)})
+                                                            leaves=2048, world=512, image_size=64,
+                                                            back_projected_loss=True)})
 
 
 def _gpu() -> Recipe:

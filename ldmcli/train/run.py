@@ -285,13 +285,16 @@ def _train_prediction_decoder(opts: TrainOptions, rec: R.Recipe, dist: Distribut
         pool = PD.latent_pool(model, pool, seed, dist.device)
         torch.manual_seed(seed)
         PD.freeze_all_but_decoder(fs)
-        objective = PD.PredictionDecoderObjective(fs, float(model.scale_factor), cpu_has_native_bf16())
+        objective = PD.PredictionDecoderObjective(fs, float(model.scale_factor), cpu_has_native_bf16(),
+                                                  s.back_projected_loss)
         with console.progress(s.steps, stage) as advance:
             train_loop([Objective(stage, objective)], pool, s, stage=stage, seed=seed, dist=dist,
                        state_path=state_path, log_path=log_path, state=state, extra={task: unet}, progress=advance,
                        on_log=lambda r: console.log(_line(r)))
         fs.requires_grad_(False)
     if dist.main:
+        # the detail share is chosen for the tuned decoder: the file written last carries the recipe's
+        model.cfg = model.cfg.with_(default_detail=rec.models[task].default_detail)
         export_default(model, path, version=version)
     barrier(dist)
     return path
