@@ -129,5 +129,5 @@ def check_detail(value, name: str = "detail") -> float:
     return float(value)
 
 
-__all__ = ["back_project", "kept_error", "push_pull", "seamless_fill", "is_grey", "grey", "wanted", "detail_share", "check_detail",
-           "BACK_PROJECTIONS"]
+__all__ = ["back_project", "kept_error", "push_pull", "seamless_fill", "is_grey", "grey", "wanted", "detail_share",
+           "check_detail", "BACK_PROJECTIONS"]

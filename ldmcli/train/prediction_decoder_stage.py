@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldmcli.tasks.match_input import kept_error
 from ldmcli.train.data import Pool, mix_seed
 
 STAGE = "superres-decoder"
@@ -53,7 +54,6 @@ class PredictionDecoderObjective(nn.Module):
         if not self.back_projected:
             loss = F.mse_loss(rec.float(), batch["image"].float())
             return loss, {"loss": loss.detach()}
-        from ldmcli.tasks.match_input import kept_error
         error = rec.float() - batch["image"].float()
         one_step = batch["one_step"].float().view(-1, 1, 1, 1)
         squared = error ** 2
@@ -100,5 +100,5 @@ def tuned_decoder(state: dict) -> dict:
     return {k[len(prefix):]: v for k, v in module.items() if k[len(prefix):].startswith(DECODER_SIDE)}
 
 
-__all__ = ["STAGE", "TASK", "DECODER_SIDE", "PLAIN_SHARE", "PredictionDecoderObjective", "freeze_all_but_decoder", "latent_pool",
-           "tuned_decoder"]
+__all__ = ["STAGE", "TASK", "DECODER_SIDE", "PLAIN_SHARE", "PredictionDecoderObjective", "freeze_all_but_decoder",
+           "latent_pool", "tuned_decoder"]
