@@ -48,18 +48,15 @@ def test_a_change_of_what_the_finished_steps_did_is_refused(change):
     assert conflict is not None and conflict.startswith(name)
 
 
-def test_a_state_saved_before_strokes_existed_does_not_resume_a_stage_that_draws_them():
-    """A superres state of a run before `thin_leaves` (its settings lack the key) trained on round leaves only."""
-    saved = {k: v for k, v in asdict(BASE).items() if k != "thin_leaves"}
+@pytest.mark.parametrize("name, value, message", [("thin_leaves", 0.5, "thin_leaves: 0.0 -> 0.5"),
+                                                   ("back_projected_loss", True, "back_projected_loss: False -> True")])
+def test_a_state_saved_before_a_setting_existed_does_not_resume_a_stage_that_uses_it(name, value, message):
+    """A state of a run before the setting (its settings lack the key) ran without it: a superres state before
+    `thin_leaves` trained on round leaves only, a superres-decoder state before `back_projected_loss` on the plain
+    pixel MSE."""
+    saved = {k: v for k, v in asdict(BASE).items() if k != name}
     assert resume_conflict(saved, BASE, 600) is None
-    assert resume_conflict(saved, replace(BASE, thin_leaves=0.5), 600) == "thin_leaves: 0.0 -> 0.5"
-
-
-def test_a_decoder_state_saved_before_the_back_projected_loss_does_not_resume_under_it():
-    """A superres-decoder state of a run before `back_projected_loss` trained on the plain pixel MSE."""
-    saved = {k: v for k, v in asdict(BASE).items() if k != "back_projected_loss"}
-    assert resume_conflict(saved, BASE, 600) is None
-    assert resume_conflict(saved, replace(BASE, back_projected_loss=True), 600) == "back_projected_loss: False -> True"
+    assert resume_conflict(saved, replace(BASE, **{name: value}), 600) == message
 
 
 def test_tail_settings_count_once_the_tail_has_run():
